@@ -87,6 +87,9 @@ class GalleryIndex:
         x = check_features(features)
         if x.shape[0] == 0:
             raise EdgeShituError("features: no rows; a gallery needs at least one item")
+        if len(labels) != x.shape[0]:  # checked before the (slow) fit
+            raise EdgeShituError(f"labels: {len(labels)} labels for {x.shape[0]} feature rows; give one label "
+                                 "per row")
         m = parse_method(method)
         if bits is None:  # sign gives one bit per feature value; itq defaults to 256 bits (32 bytes)
             bits = x.shape[1] if m == Method.SIGN else 256

@@ -68,6 +68,9 @@ def fit_itq(x: np.ndarray, bits: int, iters: int = DEFAULT_ITQ_ITERS) -> tuple[n
     # eigenvectors of zero eigenvalues still complete an orthonormal basis.
     evals, evecs = np.linalg.eigh(xc.T @ xc)
     pca = evecs[:, np.argsort(evals)[::-1][:bits]]
+    # Canonical signs (largest-magnitude entry positive): eigenvector signs are arbitrary and
+    # BLAS-dependent, and the fixed Hadamard start is not invariant to them.
+    pca *= np.where(pca[np.abs(pca).argmax(axis=0), np.arange(bits)] < 0, -1.0, 1.0)
     v = xc @ pca
     if bits & (bits - 1) == 0:
         rot = hadamard(bits)

@@ -181,7 +181,7 @@ def write_to(f: BinaryIO, data: IndexData) -> int:
     for kind, payload in secs:
         entries.append((kind, zlib.crc32(payload) & 0xFFFFFFFF, offset, len(payload)))
         offset = _align(offset + len(payload))
-    last_kind, last_payload = secs[-1]
+    _last_kind, last_payload = secs[-1]
     file_bytes = entries[-1][2] + len(last_payload)
     flags = FLAG_L2_NORMALIZE if data.normalize else 0
     live = data.live_count
@@ -222,7 +222,7 @@ def read_index(path: str | os.PathLike[str], *, verify: bool = True, use_mmap: b
     path = Path(path)
     where = str(path)
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below; the mmap outlives it
+        f = open(path, "rb")
     except FileNotFoundError:
         raise EdgeShituError(f"{where}: no such index file; build one with 'edge-shitu index build'") from None
     except IsADirectoryError:
@@ -241,7 +241,7 @@ def read_index(path: str | os.PathLike[str], *, verify: bool = True, use_mmap: b
     if head[:8] != MAGIC:
         raise CorruptFileError(f"{where}: not an edge-shitu index (bad magic); pass a file written by "
                                "'edge-shitu index build'")
-    (magic, major, minor, header_bytes, bits, code_bytes, count, live, next_id, method, dim, nsec, flags,
+    (_magic, major, minor, _header_bytes, bits, code_bytes, count, live, next_id, method, dim, nsec, flags,
      table_off, file_bytes, generation, _reserved) = _HEADER.unpack_from(head, 0)
     if major != VERSION_MAJOR:
         raise VersionError(f"{where}: index format version {major}.{minor}; this edge-shitu reads "

@@ -1,0 +1,115 @@
+"""The `edge-shitu index` command contract, run as a user runs it (a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import require_asset
+
+from edge_shitu.assets import DRINK_EMBEDDINGS, DRINK_LABELS
+
+
+def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "edge_shitu.cli", *args], capture_output=True, text=True)
+    if ok:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def fail(*args: str, match: str) -> str:
+    r = run(*args, ok=False)
+    assert r.returncode != 0
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1, f"expected one line, got: {err}"
+    assert match in err, err
+    return err
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30, 128)).astype(np.float32)
+    np.save(tmp_path / "f.npy", x)
+    np.save(tmp_path / "q.npy", x[[4, 9]])
+    (tmp_path / "labels.txt").write_text("".join(f"img/{i}.jpg\t类{i % 6}\n" for i in range(30)), "utf-8")
+    return {"f": tmp_path / "f.npy", "q": tmp_path / "q.npy", "labels": tmp_path / "labels.txt",
+            "g": tmp_path / "g.esidx", "dir": tmp_path}
+
+
+def test_build_search_add_remove_info(files: dict[str, Path]) -> None:
+    info = json.loads(run("index", "build", str(files["f"]), "--labels", str(files["labels"]), "--bits", "64",
+                          "-o", str(files["g"]), "--json").stdout)
+    assert info["live"] == 30 and info["bits"] == 64 and info["labels"] == 6
+    out = run("index", "search", str(files["g"]), str(files["q"]), "--k", "3", "--json").stdout.splitlines()
+    assert len(out) == 2
+    first = json.loads(out[0])
+    assert first[0] == {"id": 4, "label": "类4", "distance": 0} and len(first) == 3
+    rr = json.loads(run("index", "search", str(files["g"]), str(files["q"]), "--k", "2", "--rerank", "10",
+                        "--json").stdout.splitlines()[1])
+    assert rr[0]["id"] == 9 and "score" in rr[0]
+    np.save(files["dir"] / "new.npy", np.random.default_rng(5).standard_normal((2, 128)).astype(np.float32))
+    (files["dir"] / "new.txt").write_text("新品A\n新品B\n", "utf-8")
+    (files["dir"] / "ids.txt").write_text("1000\n1001\n")
+    added = json.loads(run("index", "add", str(files["g"]), str(files["dir"] / "new.npy"), "--labels",
+                           str(files["dir"] / "new.txt"), "--ids", str(files["dir"] / "ids.txt"), "--json").stdout)
+    assert added["added"] == [1000, 1001] and added["info"]["live"] == 32
+    removed = json.loads(run("index", "remove", str(files["g"]), "4", "1000", "--json").stdout)
+    assert removed["removed"] == 2 and removed["info"]["live"] == 30
+    info = json.loads(run("index", "info", str(files["g"]), "--json", "--ids").stdout)
+    assert {it["id"] for it in info["items"]} == (set(range(30)) - {4}) | {1001}
+    assert "新品B" in {it["label"] for it in info["items"]}
+
+
+def test_bad_inputs_get_one_line_and_leave_file_alone(files: dict[str, Path]) -> None:
+    run("index", "build", str(files["f"]), "--labels", str(files["labels"]), "--bits", "64", "-o", str(files["g"]))
+    before = files["g"].read_bytes()
+    d = files["dir"]
+    np.save(d / "wrongdim.npy", np.zeros((2, 64), np.float32))
+    np.save(d / "ints.npy", np.zeros((2, 128), np.int64))
+    (d / "two.txt").write_text("a\nb\n")
+    (d / "one.txt").write_text("a\n")
+    (d / "notnpy.npy").write_text("hello")
+    fail("index", "search", str(files["g"]), str(d / "wrongdim.npy"), match="expects 128")
+    fail("index", "add", str(files["g"]), str(d / "ints.npy"), "--labels", str(d / "two.txt"), match="float")
+    fail("index", "add", str(files["g"]), str(d / "wrongdim.npy"), "--labels", str(d / "one.txt"), match="expects")
+    fail("index", "add", str(files["g"]), str(files["q"]), "--labels", str(d / "one.txt"),
+         match="1 labels for 2 feature rows")
+    fail("index", "remove", str(files["g"]), "3", "777", match="id 777 is not in the index")
+    fail("index", "search", str(files["g"]), str(d / "notnpy.npy"), match="not a readable .npy")
+    fail("index", "build", str(files["f"]), "--labels", str(d / "two.txt"), "-o", str(d / "x.esidx"),
+         match="2 labels for 30 feature rows")
+    assert not (d / "x.esidx").exists()
+    assert files["g"].read_bytes() == before
+    (d / "trunc.esidx").write_bytes(before[:-10])
+    fail("index", "info", str(d / "trunc.esidx"), match="truncated")
+    corrupt = bytearray(before)
+    corrupt[len(before) // 2] ^= 0xFF
+    (d / "corrupt.esidx").write_bytes(bytes(corrupt))
+    fail("index", "search", str(d / "corrupt.esidx"), str(files["q"]), match="CRC mismatch")
+    fail("index", "info", str(d / "missing.esidx"), match="no such index file")
+
+
+def test_paddleclas_label_file_on_real_embeddings(tmp_path: Path) -> None:
+    emb, labels = require_asset(*DRINK_EMBEDDINGS), require_asset(*DRINK_LABELS)
+    g = tmp_path / "drink.esidx"
+    info = json.loads(run("index", "build", str(emb), "--labels", str(labels), "-o", str(g), "--json").stdout)
+    assert info["live"] == 987 and info["labels"] == 196 and info["bytes_per_item"] == 32
+    x = np.load(emb)
+    np.save(tmp_path / "q.npy", x[500])
+    res = json.loads(run("index", "search", str(g), str(tmp_path / "q.npy"), "--json").stdout)
+    assert res[0]["id"] == 500 and res[0]["label"] == labels.read_text("utf-8").splitlines()[500].split("\t")[1]
+
+
+def test_demo_runs_without_assets(tmp_path: Path) -> None:
+    import os
+    r = subprocess.run([sys.executable, "-m", "edge_shitu.cli", "demo", "-o", str(tmp_path), "--json"],
+                       capture_output=True, text=True, env={**os.environ, "EDGE_SHITU_ASSETS": str(tmp_path / "none")})
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["source"].startswith("generated") and summary["items"] == 750
+    assert summary["after_add_top1"]["label"] == "new product"
