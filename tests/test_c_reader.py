@@ -69,7 +69,7 @@ def test_crc32_matches_zlib(lib: ctypes.CDLL) -> None:
 def test_c_reader_agrees_with_python_on_golden_files(lib: ctypes.CDLL, tmp_path: Path, name: str) -> None:
     write_golden(tmp_path)
     raw = (tmp_path / name).read_bytes()
-    status, v, buf = parse(lib, raw)
+    status, v, _buf = parse(lib, raw)  # _buf keeps the memory the view points into alive
     assert status == 0, lib.es_index_strerror(status)
     py = GalleryIndex.open(tmp_path / name).data
     assert (v.bits, v.dim, v.count, v.live_count, v.next_id, v.generation, v.method) == \
