@@ -1,7 +1,7 @@
 """Exact top-k Hamming search over word-planar codes, in numpy (the path that always works).
 
 Results are ordered by (distance, row) so that this path, the C kernel and the Java reader
-return identical lists. The scan is chunked (64k rows: the temporaries stay in L2) and keeps
+return identical lists. The scan is chunked (32k rows: the temporaries stay in L2) and keeps
 only rows that beat the current k-th best, so after the first chunk almost nothing is copied.
 numpy >= 2 has a popcount ufunc (``np.bitwise_count``); numpy 1.x gets a SWAR popcount.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-CHUNK = 65536
+CHUNK = 32768
 SMALL_GALLERY = 16384  # below this, many queries are scanned at once (one matrix)
 
 _M1 = np.uint64(0x5555555555555555)
@@ -72,31 +72,66 @@ def distances(planes: np.ndarray, count: int, q: np.ndarray) -> np.ndarray:
     return out
 
 
+GROUP_WORDS = 4  # popcounts of up to 4 words (<= 256) are summed in uint8: 256 wraps to 0
+
+
+def _exact(planes: np.ndarray, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Exact distances of a few rows (a gather; used to settle wrapped uint8 group sums)."""
+    d = np.zeros(rows.size, dtype=np.int64)
+    for w in range(planes.shape[0]):
+        d += np.unpackbits((planes[w, rows] ^ q[w]).view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1, dtype=np.int64)
+    return d
+
+
 def _topk_one(planes: np.ndarray, count: int, q: np.ndarray, k: int,
               deleted: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """One query, chunked scan.
+
+    Per chunk, the popcounts of each group of <= 4 words are summed in uint8 (same-dtype adds
+    are 2-3x faster than mixed uint16 += uint8). A full group (256 bits) can wrap 256 -> 0, so
+    the summed value never exceeds the true distance: filtering ``value < limit`` loses no
+    row, and the few candidates with a zero group are recounted exactly.
+    """
     words = planes.shape[0]
     m_max = min(CHUNK, count)
     tmp = np.empty(m_max, dtype=np.uint64)
     cnt = np.empty(m_max, dtype=np.uint8)
-    acc = np.empty(m_max, dtype=np.uint16)
+    groups = [np.empty(m_max, dtype=np.uint8) for _ in range(0, words, GROUP_WORDS)]
+    total = np.empty(m_max, dtype=np.uint16) if len(groups) > 1 else None
+    can_wrap = [min(GROUP_WORDS, words - w0) == GROUP_WORDS for w0 in range(0, words, GROUP_WORDS)]
     best_d = np.empty(0, dtype=np.int64)
     best_r = np.empty(0, dtype=np.int64)
     limit = words * 64 + 1  # accept d < limit
     for s in range(0, count, CHUNK):
         m = min(CHUNK, count - s)
-        t, c, a = tmp[:m], cnt[:m], acc[:m]
-        np.bitwise_xor(planes[0, s : s + m], q[0], out=t)
-        np.copyto(a, popcount(t, c))
-        for w in range(1, words):
-            np.bitwise_xor(planes[w, s : s + m], q[w], out=t)
-            np.add(a, popcount(t, c), out=a)
-        cand = np.flatnonzero(a < limit)
+        t, c = tmp[:m], cnt[:m]
+        for gi, w0 in enumerate(range(0, words, GROUP_WORDS)):
+            g = groups[gi][:m]
+            np.bitwise_xor(planes[w0, s : s + m], q[w0], out=t)
+            popcount(t, g)
+            for w in range(w0 + 1, min(w0 + GROUP_WORDS, words)):
+                np.bitwise_xor(planes[w, s : s + m], q[w], out=t)
+                np.add(g, popcount(t, c), out=g)
+        if total is None:
+            a = groups[0][:m]
+        else:
+            a = total[:m]
+            np.add(groups[0][:m], groups[1][:m], out=a, dtype=np.uint16)
+            for g in groups[2:]:
+                np.add(a, g[:m], out=a)
+        cand = np.arange(m) if limit > np.iinfo(a.dtype).max else np.flatnonzero(a < limit)
         if deleted is not None and cand.size:
             cand = cand[~deleted[s + cand]]
         if not cand.size:
             continue
-        best_d, best_r = _select(np.concatenate([best_d, a[cand].astype(np.int64)]),
-                                 np.concatenate([best_r, cand + s]), k)
+        cd = a[cand].astype(np.int64)
+        wrapped = np.zeros(cand.size, dtype=bool)
+        for g, wraps in zip(groups, can_wrap):
+            if wraps:
+                wrapped |= g[:m][cand] == 0
+        if wrapped.any():
+            cd[wrapped] = _exact(planes, cand[wrapped] + s, q)
+        best_d, best_r = _select(np.concatenate([best_d, cd]), np.concatenate([best_r, cand + s]), k)
         if best_d.size == k:
             limit = int(best_d[-1])  # strict: an equal distance on a later row loses the tie
             if limit == 0:
