@@ -112,3 +112,20 @@ def test_recall_on_real_ppshitu_embeddings() -> None:
     r256, r256rr = index_loo_recall(itq, x, labels), index_loo_recall(itq, x, labels, rerank=50)
     assert abs(cos - 0.9645) < 1e-3 and abs(sign - 0.9553) < 1e-3  # the figures PaddleClas's data gives
     assert r256 >= 0.955 and r256rr >= 0.962
+
+
+@pytest.mark.parametrize("nbytes", [32, 64])
+def test_complement_codes_wrapping_uint8_group_sums_are_exact(nbytes: int) -> None:
+    """A 256-bit group whose bits all differ sums to 256, which wraps to 0 in uint8."""
+    rng = np.random.default_rng(7)
+    n = 40_000  # > SMALL_GALLERY and > CHUNK: the chunked single-query path
+    codes = rng.integers(0, 256, size=(n, nbytes), dtype=np.uint8)
+    q = codes[5].copy()
+    codes[100:110] = ~q  # distance = all bits
+    codes[200:205, :32] = ~q[:32]  # first group fully different, rest equal
+    planes = rows_to_planes(codes)
+    dist, rows = hamming.topk(planes, n, q[None].view(np.uint64), n)
+    d, r = reference_topk(codes, q, n, None)
+    assert dist[0].tolist() == d.tolist() and rows[0].tolist() == r.tolist()
+    far = hamming.topk(planes, n, (~q)[None].view(np.uint64), 12)  # the complements are now nearest
+    assert far[1][0, :10].tolist() == list(range(100, 110)) and far[0][0, 0] == 0
