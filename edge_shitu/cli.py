@@ -33,6 +33,23 @@ def version() -> None:
 
 
 @app.command()
+def boards(
+    json_out: bool = typer.Option(False, "--json", help="Print the full configs as JSON."),
+) -> None:
+    """List the boards a bundle can be built for (board_configs/)."""
+    import json
+
+    from edge_shitu.boards import list_boards, load_board
+
+    configs = [load_board(name) for name in list_boards()]
+    if json_out:
+        typer.echo(json.dumps([b.to_dict() for b in configs], ensure_ascii=False, indent=1))
+        return
+    for b in configs:
+        typer.echo(f"{b.name:<14} {b.backend:<10} {b.precision:<5} {b.threads} threads  {b.description}")
+
+
+@app.command()
 def demo(
     out: str = typer.Option("demo_out", "--out", "-o", help="Folder for the demo's gallery index."),
     bits: int = typer.Option(256, help="Code width of the learned index."),

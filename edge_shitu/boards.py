@@ -1,0 +1,81 @@
+"""Board configurations: which artifacts a bundle carries and how the runtime uses them.
+
+Stored as JSON in board_configs/ (no YAML parser on devices). A config is validated when it
+is loaded, so a typo fails at ``convert`` time on the workstation, not on the shop floor.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_shitu.errors import EdgeShituError
+
+BACKENDS = ("tflite", "paddlelite", "paddle")
+ARTIFACT_KINDS = {"tflite:fp32", "tflite:fp16", "tflite:int8", "nb:arm:fp32", "nb:arm:int8",
+                  "nb:x86:fp32", "nb:x86:int8"}
+
+
+def boards_dir() -> Path:
+    from edge_shitu import board_configs
+
+    return Path(board_configs.__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    description: str
+    arch: str
+    backend: str
+    precision: str
+    threads: int
+    artifacts: tuple[str, ...]
+    native: str
+    det: dict[str, Any] = field(default_factory=dict)
+    rec: dict[str, Any] = field(default_factory=dict)
+    index: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.raw)
+
+
+def list_boards() -> list[str]:
+    return sorted(p.stem for p in boards_dir().glob("*.json"))
+
+
+def _check(cond: bool, path: Path, what: str) -> None:
+    if not cond:
+        raise EdgeShituError(f"board config {path.name}: {what}; fix the file in board_configs/")
+
+
+def load_board(name_or_path: str | Path) -> Board:
+    """A board by name (board_configs/NAME.json) or by path to a JSON file."""
+    p = Path(name_or_path)
+    if p.suffix != ".json":
+        p = boards_dir() / f"{name_or_path}.json"
+        if not p.exists():
+            raise EdgeShituError(f"unknown board '{name_or_path}'; valid boards: {', '.join(list_boards())}")
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EdgeShituError(f"board config {p} not found; valid boards: {', '.join(list_boards())}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EdgeShituError(f"board config {p.name} is not valid JSON ({e}); fix it") from None
+    _check(isinstance(raw, dict) and raw.get("schema") == 1, p, "needs \"schema\": 1")
+    for key, typ in (("name", str), ("description", str), ("arch", str), ("backend", str), ("precision", str),
+                     ("threads", int), ("artifacts", list), ("native", str), ("det", dict), ("rec", dict),
+                     ("index", dict)):
+        _check(isinstance(raw.get(key), typ), p, f"field '{key}' missing or not a {typ.__name__}")
+    _check(raw["backend"] in BACKENDS, p, f"backend must be one of {', '.join(BACKENDS)}")
+    _check(raw["precision"] in ("fp32", "fp16", "int8"), p, "precision must be fp32, fp16 or int8")
+    _check(raw["threads"] >= 1, p, "threads must be >= 1")
+    bad = [a for a in raw["artifacts"] if a not in ARTIFACT_KINDS]
+    _check(not bad, p, f"unknown artifact kind(s) {bad}; known: {', '.join(sorted(ARTIFACT_KINDS))}")
+    _check(raw["index"].get("bits", 256) % 64 == 0, p, "index.bits must be a multiple of 64")
+    return Board(name=raw["name"], description=raw["description"], arch=raw["arch"], backend=raw["backend"],
+                 precision=raw["precision"], threads=raw["threads"], artifacts=tuple(raw["artifacts"]),
+                 native=raw["native"], det=raw["det"], rec=raw["rec"], index=raw["index"], raw=raw)
