@@ -10,9 +10,12 @@ HOST_PY     ?= python3
 ASSETS      ?= $(abspath ../shared/assets)
 export EDGE_SHITU_ASSETS ?= $(ASSETS)
 
-NATIVE_SRC  := runtimes/native/hamming.c
-NATIVE_HDR  := runtimes/native/hamming.h
-CFLAGS_NATIVE ?= -O3 -std=c11 -Wall -Wextra -Werror -fPIC -fvisibility=hidden
+NATIVE_SRC  := runtimes/native/eshamming.c runtimes/native/esindex.c
+NATIVE_HDR  := runtimes/native/eshamming.h runtimes/native/esindex.h
+# Freestanding: the kernel calls no libc (and gcc must not invent memset/memcpy calls), so the
+# same source links for Android without the NDK.
+CFLAGS_NATIVE ?= -O3 -std=c11 -Wall -Wextra -Werror -fPIC -fvisibility=hidden -ffreestanding \
+                 -fno-tree-loop-distribute-patterns
 BUILD       := build
 
 .PHONY: help

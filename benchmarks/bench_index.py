@@ -76,9 +76,9 @@ def speed_table(sizes: list[int], widths: list[int], nq: int, repeats: int) -> l
         print("(b) faiss-cpu not installed: ratios to faiss unavailable (pip install faiss-cpu)")
     if faiss is not None:
         faiss.omp_set_num_threads(1)
-    from edge_shitu.runtimes import hamming_native
+    from edge_shitu.runtimes import native_kernel
 
-    native = hamming_native.load()
+    native = native_kernel.load()
     if native is None:
         print("(b) C kernel not built (make native): C column empty")
     rng = np.random.default_rng(0)
@@ -160,9 +160,9 @@ def main() -> None:
     print("(b) speed ...", flush=True)
     speed = speed_table(sizes, [256, 512], nq, repeats)
     print_tables(recall, speed)
-    from edge_shitu.runtimes import hamming_native
+    from edge_shitu.runtimes import native_kernel
 
-    native = hamming_native.load()
+    native = native_kernel.load()
     result = {
         "benchmark": "bench_index", "quick": args.quick,
         "machine": {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),

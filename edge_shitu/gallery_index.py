@@ -58,11 +58,11 @@ def _kernel_choice() -> str:
 
 def _load_native(required: bool) -> Any:
     try:
-        from edge_shitu.runtimes import hamming_native
+        from edge_shitu.runtimes import native_kernel
     except ImportError:
         native = None
     else:
-        native = hamming_native.load()
+        native = native_kernel.load()
     if native is None and required:
         raise EdgeShituError("EDGE_SHITU_KERNEL=native but the C kernel is not built; run 'make native' "
                              "or set EDGE_SHITU_HAMMING_LIB to libeshamming.so")
