@@ -79,8 +79,12 @@ int es_index_parse(const uint8_t *buf, uint64_t len, int verify_crc, es_index_vi
     v->words = v->bits / 64;
     v->stride = (v->count + 7) / 8 * 8;
 
-    const uint8_t *sec[SEC_META + 1] = {0};
-    uint64_t slen[SEC_META + 1] = {0};
+    const uint8_t *sec[SEC_META + 1];
+    uint64_t slen[SEC_META + 1];
+    for (int i = 0; i <= SEC_META; i++) { /* a loop, not = {0}: compilers lower that to a memset call */
+        sec[i] = 0;
+        slen[i] = 0;
+    }
     for (uint32_t i = 0; i < nsec; i++) {
         const uint8_t *e = buf + table + (uint64_t)i * ENTRY_BYTES;
         uint32_t kind = rd32(e), crc = rd32(e + 4);
