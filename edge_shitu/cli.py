@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from edge_shitu import __version__
+from edge_shitu import __version__, cli_convert
 from edge_shitu.cli_index import index_app
 from edge_shitu.errors import EdgeShituError
 
@@ -24,6 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(index_app, name="index")
+cli_convert.register(app)
 
 
 @app.command()

@@ -1,0 +1,304 @@
+"""ONNX -> TFLite fp32 / fp16 / int8 through onnx2tf and the TF converter, each file verified.
+
+Every onnx2tf trap from ../shared/notes/toolchain-facts.md is handled here:
+
+- onnx2tf OVERWRITES its input with the simplified graph: it gets a copy.
+- it tries to DOWNLOAD a calibration sample for any 3-channel NCHW input (even with -cind) and
+  fails offline: a local ``calibration_image_sample_data_20x128x128x3_float32.npy`` is put in
+  its working directory (it is never used for calibration: the user's images are).
+- it calls the ``onnxsim`` EXECUTABLE and only warns when it is missing, after which some graphs
+  convert WRONG: the environment's bin directory is put first on PATH and the log is checked.
+- ``-rtpo HardSwish`` (``replace_to_pseudo_operators=["hardswish"]``: the Python API matches the
+  LOWER-CASE name, the CLI lower-cases it; "HardSwish" is silently ignored) rewrites HardSwish as
+  ``x * relu6(x + 3) / 6``: int8 HARD_SWISH is not delegated to XNNPACK and splits the graph
+  into many partitions (10x slower); the pseudo-op form runs fully in XNNPACK.
+- int8: TF's own converter on the SavedModel onnx2tf writes, with a ``representative_dataset``
+  of the user's preprocessed images and ``TFLITE_BUILTINS_INT8``: FULL-INTEGER ops, FLOAT32
+  input and output (quantize/dequantize at the edges). Never quantize from PaddleSlim's QDQ
+  ONNX (onnx2tf turns it into garbage): the input here must be the fp32 (or pruned) ONNX.
+- onnx2tf/TF keep global state between conversions and take seconds to import: the whole
+  conversion runs in one child process per ONNX file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from edge_shitu.atomic import atomic_write
+from edge_shitu.converters.export_onnx import PicoDetHead, verify_onnx_or_tflite
+from edge_shitu.converters.verify import Artifact, Feeds, thresholds_for
+from edge_shitu.errors import EdgeShituError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+CONVERT_TIMEOUT_S = 1800
+CALIB_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+Calibration = Union[np.ndarray, Mapping[str, np.ndarray]]
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", re.sub(r":\d+$", "", name.lower()))
+
+
+# ----------------------------------------------------------------------------- child process
+def _worker(job: dict[str, Any]) -> None:
+    """Child process: onnx2tf (fp32/fp16 + SavedModel), then the TF converter for int8."""
+    work = Path(job["work"])
+    os.chdir(work)
+    np.save(work / CALIB_SAMPLE, np.zeros((20, 128, 128, 3), np.float32))
+    import onnx2tf
+
+    onnx2tf.convert(
+        input_onnx_file_path=job["onnx"],
+        output_folder_path=str(work / "saved_model"),
+        replace_to_pseudo_operators=job["rtpo"],
+        output_signaturedefs=True,
+        non_verbose=True,
+    )
+    stem = Path(job["onnx"]).stem
+    produced = {"fp32": work / "saved_model" / f"{stem}_float32.tflite",
+                "fp16": work / "saved_model" / f"{stem}_float16.tflite"}
+    result: dict[str, Any] = {}
+    for p in ("fp32", "fp16"):
+        if p in job["precisions"]:
+            if not produced[p].exists():
+                raise RuntimeError(f"onnx2tf wrote no {produced[p].name}")
+            result[p] = str(produced[p])
+    if "int8" in job["precisions"]:
+        import tensorflow as tf
+
+        calib = {k: np.load(v) for k, v in job["calib"].items()}  # NHWC/as the model wants
+        loaded = tf.saved_model.load(str(work / "saved_model"))
+        sig = loaded.signatures["serving_default"]
+        sig_inputs = [k for k in sig.structured_input_signature[1]]
+        by_norm = {_norm(k): k for k in calib}
+        mapping: dict[str, str] = {}
+        for s in sig_inputs:
+            key = by_norm.get(_norm(s))
+            if key is None and len(sig_inputs) == 1 and len(calib) == 1:
+                key = next(iter(calib))
+            if key is None:
+                raise RuntimeError(f"no calibration data for SavedModel input {s}; have {list(calib)}")
+            mapping[s] = key
+        n = min(len(v) for v in calib.values())
+
+        def representative_dataset():
+            for i in range(n):
+                yield {s: calib[k][i:i + 1].astype(np.float32) for s, k in mapping.items()}
+
+        conv = tf.lite.TFLiteConverter.from_saved_model(str(work / "saved_model"))
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = representative_dataset
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        try:
+            data = conv.convert()
+            result["int8_mode"] = "full-integer ops, float32 input/output"
+        except Exception as e:  # an op with no int8 kernel: keep it float, say so
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                              tf.lite.OpsSet.TFLITE_BUILTINS]
+            data = conv.convert()
+            result["int8_mode"] = f"int8 ops with float fallback ({type(e).__name__}), float32 input/output"
+        out = work / "model_int8.tflite"
+        out.write_bytes(data)
+        result["int8"] = str(out)
+    (work / "result.json").write_text(json.dumps(result))
+
+
+def _env_with_tools() -> dict[str, str]:
+    """PATH with this interpreter's bin dir first: onnx2tf shells out to ``onnxsim``."""
+    env = dict(os.environ)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+    return env
+
+
+def _check_onnxsim_available(env: Mapping[str, str]) -> None:
+    for d in env.get("PATH", "").split(os.pathsep):
+        if d and (Path(d) / "onnxsim").exists():
+            return
+    raise EdgeShituError(
+        "the onnxsim executable is not on PATH; onnx2tf would silently convert some graphs wrongly: "
+        "install onnxsim in this environment")
+
+
+# ----------------------------------------------------------------------------- public
+def _calib_to_model_layout(calibration: Calibration, input_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """NCHW calibration arrays (one per model input) -> NHWC, the layout onnx2tf gives inputs."""
+    if isinstance(calibration, np.ndarray):
+        if len(input_names) != 1:
+            raise EdgeShituError(
+                f"the model has inputs {list(input_names)}: give calibration data as a dict per input")
+        calibration = {input_names[0]: calibration}
+    out = {}
+    for k, v in calibration.items():
+        v = np.asarray(v, dtype=np.float32)
+        if v.ndim == 3:
+            v = v[None]
+        if len(v) < 1:
+            raise EdgeShituError(f"calibration data for {k} is empty: give a few dozen preprocessed images")
+        out[k] = v.transpose(0, 2, 3, 1) if v.ndim == 4 else v
+    return out
+
+
+def to_tflite(
+    onnx_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    name: str = "model",
+    precisions: Sequence[str] = PRECISIONS,
+    calibration: Optional[Calibration] = None,
+    verify_feeds: Optional[Sequence[Feeds]] = None,
+    reference: Optional[str | os.PathLike[str]] = None,
+    thresholds: Optional[Mapping[str, Mapping[str, float]]] = None,
+    detector_head: Optional[Union[PicoDetHead, Mapping[str, Any]]] = None,
+    cut_reference: Optional[str | os.PathLike[str]] = None,
+    replace_hardswish: bool = True,
+    on_fail: str = "raise",
+) -> dict[str, Artifact]:
+    """Convert an fp32 ONNX file to ``out_dir/{name}_{fp32,fp16,int8}.tflite``.
+
+    ``calibration`` (NCHW float32, preprocessed exactly like inference inputs; a dict per input
+    for multi-input models) is required for int8: a few dozen real images from the user's
+    gallery. With ``verify_feeds`` + ``reference`` (the FP32 Paddle model dir) each file is
+    run with LiteRT and gated by ``thresholds[precision]`` (defaults: fp32 cos >= 0.9999,
+    fp16 >= 0.999, int8 mean >= 0.995) before being renamed into place. A detector cut before
+    NMS passes ``detector_head`` (``Artifact.details["head"]`` of the ONNX export) and
+    ``cut_reference`` (the pruned Paddle program; built again when omitted).
+    Returns {precision: Artifact}. ``on_fail="raise"`` (default) writes nothing when any
+    precision misses its gate; ``"skip"`` writes the ones that pass and returns the others with
+    ``path=""`` and ``details["rejected"]`` (so a pipeline can fall back, e.g. to fp32).
+    """
+    if on_fail not in ("raise", "skip"):
+        raise EdgeShituError(f"on_fail must be 'raise' or 'skip', not {on_fail!r}")
+    onnx_path = Path(onnx_path)
+    if not onnx_path.exists():
+        raise EdgeShituError(f"ONNX file {onnx_path} does not exist")
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        raise EdgeShituError(f"unknown TFLite precision {bad}: use {', '.join(PRECISIONS)}")
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+        raise EdgeShituError(
+            f"{onnx_path.name} is a quantized (QDQ) ONNX: onnx2tf turns it into garbage; convert the "
+            "fp32 ONNX and let int8 calibration happen here")
+    init_names = {i.name for i in model.graph.initializer}
+    input_names = [i.name for i in model.graph.input if i.name not in init_names]
+    for i in model.graph.input:
+        if i.name in init_names:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim]
+        if any(d < 1 for d in dims):
+            raise EdgeShituError(f"ONNX input {i.name} has dynamic shape {dims}: export with static shapes")
+    if "int8" in precisions and calibration is None:
+        raise EdgeShituError("int8 TFLite needs calibration data: pass calibration= (preprocessed NCHW images)")
+    head = PicoDetHead(**detector_head) if isinstance(detector_head, Mapping) else detector_head
+
+    env = _env_with_tools()
+    _check_onnxsim_available(env)
+    out_dir = Path(out_dir)
+    results: dict[str, Artifact] = {}
+    with tempfile.TemporaryDirectory(prefix="es-tflite-") as tmp:
+        work = Path(tmp)
+        copy = work / "model.onnx"
+        copy.write_bytes(onnx_path.read_bytes())  # onnx2tf overwrites its input
+        calib_files: dict[str, str] = {}
+        if "int8" in precisions and calibration is not None:
+            for k, v in _calib_to_model_layout(calibration, input_names).items():
+                f = work / f"calib_{len(calib_files)}.npy"
+                np.save(f, v)
+                calib_files[k] = str(f)
+        job = {"work": str(work), "onnx": str(copy), "precisions": list(precisions), "calib": calib_files,
+               "rtpo": ["hardswish"] if replace_hardswish else []}
+        cmd = [sys.executable, "-m", "edge_shitu.converters.export_tflite", "--worker", json.dumps(job)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CONVERT_TIMEOUT_S,
+                                  env=env, cwd=work)
+        except subprocess.TimeoutExpired as e:
+            raise EdgeShituError(f"onnx2tf did not finish in {CONVERT_TIMEOUT_S} s on {onnx_path.name}") from e
+        log = (proc.stdout or "") + (proc.stderr or "")
+        if proc.returncode != 0 or not (work / "result.json").exists():
+            lines = [ln for ln in log.strip().splitlines()
+                     if ln.strip() and not ln.startswith(("W0000", "I0000"))]
+            tail = " | ".join(lines[-3:])[-500:]
+            raise EdgeShituError(f"TFLite conversion of {onnx_path.name} failed (exit {proc.returncode}): {tail}")
+        if re.search(r"onnxsim.*(not found|No such file)|Failed to optimize the onnx file", log, re.I):
+            raise EdgeShituError(f"onnx2tf could not run onnxsim on {onnx_path.name}; the TFLite graph may be wrong")
+        produced = json.loads((work / "result.json").read_text())
+
+        cut_dir: Optional[Path] = None
+        if head is not None and verify_feeds is not None:
+            if cut_reference is None:
+                from edge_shitu.converters.export_onnx import write_cut_model
+
+                cut_reference = write_cut_model(reference, work / "cut", [head.image], head.scores + head.dists)
+            cut_dir = Path(cut_reference)
+        fidelities: dict[str, Any] = {}
+        rejected: dict[str, str] = {}
+        for p in precisions:  # verify everything first: nothing is written before all are measured
+            if verify_feeds is None:
+                fidelities[p] = None
+                continue
+            if reference is None:
+                raise EdgeShituError("verify_feeds needs reference= (the FP32 Paddle model directory)")
+            th = (thresholds or {}).get(p) or thresholds_for(p)
+            try:
+                fidelities[p] = verify_onnx_or_tflite(Path(produced[p]), "tflite", reference, verify_feeds,
+                                                      stage=f"tflite-{p}", thresholds=th, head=head, cut_dir=cut_dir)
+            except EdgeShituError as e:
+                rejected[p] = str(e)
+                fidelities[p] = getattr(e, "fidelity", None)
+        if rejected and on_fail == "raise":
+            raise EdgeShituError("; ".join(rejected.values()))
+        n_calib = 0
+        if calibration is not None:
+            n_calib = min(len(v) for v in _calib_to_model_layout(calibration, input_names).values())
+        for p in precisions:
+            dest = out_dir / f"{name}_{p}.tflite"
+            if p in rejected:
+                results[p] = Artifact(path="", format="tflite", precision=p, bytes=Path(produced[p]).stat().st_size,
+                                      fidelity=fidelities[p], details={"rejected": rejected[p]})
+                continue
+            with atomic_write(dest) as f:
+                f.write(Path(produced[p]).read_bytes())
+            fid = fidelities[p]
+            if fid is not None:
+                fid.artifact = str(dest)
+            details: dict[str, Any] = {
+                "converter": "onnx2tf" if p != "int8" else "onnx2tf SavedModel + TFLiteConverter",
+                "hardswish": "pseudo-op (x*relu6(x+3)/6)" if replace_hardswish else "HARD_SWISH",
+                "layout": "NHWC inputs (the backend transposes NCHW feeds)",
+            }
+            if p == "int8":
+                details["int8_mode"] = produced.get("int8_mode", "")
+                details["calibration_samples"] = n_calib
+            if head is not None:
+                details["cut_before_nms"] = True
+                details["head"] = head.to_dict()
+            results[p] = Artifact(path=str(dest), format="tflite", precision=p, bytes=dest.stat().st_size,
+                                  fidelity=fid, details=details)
+    return results
+
+
+def _main(argv: Sequence[str]) -> int:
+    if len(argv) == 2 and argv[0] == "--worker":
+        _worker(json.loads(argv[1]))
+        return 0
+    print("usage: python -m edge_shitu.converters.export_tflite --worker JOB_JSON", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

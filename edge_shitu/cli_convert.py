@@ -1,0 +1,139 @@
+"""``edge-shitu convert``, ``convert-model`` and ``synth-weights``: the workstation side.
+
+These need the conversion stack (``pip install edge-shitu[convert]`` on Python 3.10); on a
+device without it they say so in one line instead of failing on an import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edge_shitu.errors import EdgeShituError
+
+
+def _need_stack() -> None:
+    try:
+        import paddle  # noqa: F401
+    except ImportError:
+        raise EdgeShituError("the conversion stack is not installed here: run 'make setup' (or pip install "
+                             "'edge-shitu[convert]' on Python 3.10) on a workstation; devices only need the "
+                             "runtime") from None
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator:
+    """A rich status line per stage (stderr), so --json output on stdout stays clean."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not enabled:
+        yield lambda msg: None
+        return
+    with console.status("starting", spinner="dots") as status:
+        def say(msg: str) -> None:
+            console.log(msg)
+            status.update(msg)
+
+        yield say
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def convert(
+        rec: Path = typer.Option(..., "--rec", help="Feature extractor: Paddle inference model folder "
+                                 "(inference.pdmodel + inference.pdiparams)."),
+        gallery: Path = typer.Option(..., "--gallery", help="Gallery image root (PaddleClas layout)."),
+        board: str = typer.Option(..., "--board", help="Target board (see 'edge-shitu boards')."),
+        out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write (replaced atomically)."),
+        det: Optional[Path] = typer.Option(None, "--det", help="Mainbody detector model folder (with infer_cfg.yml); "
+                                           "omit for whole-image recognition."),
+        labels: Optional[Path] = typer.Option(None, "--labels", help="'path<TAB>label' file (default: the one in the "
+                                              "gallery root, or one sub-folder per label)."),
+        calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images (default: the gallery)."),
+        no_prune: bool = typer.Option(False, "--no-prune", help="Skip structured pruning."),
+        prune_ratio: Optional[float] = typer.Option(None, "--prune-ratio", help="Uniform pruning ratio instead of the "
+                                                    "sensitivity-driven one."),
+        budget: float = typer.Option(0.99, "--fidelity-budget", help="Pruning keeps the mean cosine vs FP32 >= this."),
+        allow_degraded: bool = typer.Option(False, "--allow-degraded", help="Keep artifacts that miss their fidelity "
+                                            "threshold (with a warning) instead of failing."),
+        bits: Optional[int] = typer.Option(None, "--bits", help="Index code width (default: the board's)."),
+        json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+    ) -> None:
+        """Prune, int8-quantize, export and verify the models; embed the gallery; write one bundle.
+
+        Every artifact is checked against the FP32 Paddle reference on held-out gallery photos;
+        one below its threshold stops the run (nothing is written) unless --allow-degraded.
+        """
+        from edge_shitu.boards import load_board
+
+        load_board(board)  # a wrong board name fails before anything heavy
+        _need_stack()
+        from edge_shitu.converters.convert import ConvertOptions
+        from edge_shitu.converters.convert import convert as run
+
+        opts = ConvertOptions(prune=not no_prune, prune_ratio=prune_ratio, fidelity_budget=budget, calib_dir=calib,
+                              allow_degraded=allow_degraded, bits=bits)
+        with _progress(not json_out) as say:
+            manifest = run(rec, gallery, board, out, det_dir=det, labels=labels, opts=opts, progress=say)
+        if json_out:
+            typer.echo(json.dumps(manifest, ensure_ascii=False, indent=1))
+        else:
+            typer.echo(f"bundle: {out} (see {out / 'report.md'})")
+            for w in manifest.get("warnings", []):
+                typer.echo(f"warning: {w}", err=True)
+
+    @app.command("convert-model")
+    def convert_model(
+        model: Path = typer.Argument(..., help="Paddle inference model folder."),
+        kind: str = typer.Option(..., "--kind", help="'det' (mainbody detector) or 'rec' (feature extractor)."),
+        calib: Path = typer.Option(..., "--calib", help="Folder of calibration images."),
+        out: Path = typer.Option(..., "--out", "-o", help="Folder for the artifacts."),
+        board: str = typer.Option("x86-64", "--board", help="Which artifacts to emit (a board's list)."),
+        no_prune: bool = typer.Option(False, "--no-prune", help="Skip structured pruning."),
+        allow_degraded: bool = typer.Option(False, "--allow-degraded", help="Keep artifacts below threshold."),
+        json_out: bool = typer.Option(False, "--json", help="Print the artifact list as JSON."),
+    ) -> None:
+        """Convert and verify one model (no gallery, no bundle)."""
+        from edge_shitu.boards import load_board
+
+        if kind not in ("det", "rec"):
+            raise EdgeShituError(f"--kind {kind}: use 'det' or 'rec'")
+        b = load_board(board)
+        _need_stack()
+        import tempfile
+
+        from edge_shitu.atomic import atomic_dir
+        from edge_shitu.converters.convert import ConvertOptions, load_calib_dir, split_images
+        from edge_shitu.converters.convert import convert_model as run
+
+        opts = ConvertOptions(prune=not no_prune, allow_degraded=allow_degraded)
+        with _progress(not json_out) as say:
+            images = load_calib_dir(calib, say)
+            cal, ver = split_images(images, opts.n_calib, opts.n_verify)
+            with tempfile.TemporaryDirectory(prefix="edge-shitu-") as work, atomic_dir(out) as root:
+                result = run(model, kind, cal, ver, b.artifacts, root / kind, Path(work), opts, say)
+                (root / "artifacts.json").write_text(json.dumps(result.entries, indent=1, ensure_ascii=False))
+        if json_out:
+            typer.echo(json.dumps(result.entries, ensure_ascii=False, indent=1))
+        else:
+            for e in result.entries:
+                typer.echo(f"{e['kind']:<12} {e['bytes']:>10} bytes  {e['file']}")
+
+    @app.command("synth-weights")
+    def synth_weights(
+        graph: Path = typer.Argument(..., help="Folder with inference.pdmodel (weights absent)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Folder for the runnable model."),
+        seed: int = typer.Option(0, help="Random seed (the weights are deterministic per seed)."),
+    ) -> None:
+        """Give a graph-only Paddle model deterministic, well-conditioned weights (for tests/benchmarks)."""
+        _need_stack()
+        from edge_shitu.converters.synth_weights import synthesize
+
+        report = synthesize(graph, out, seed=seed)
+        typer.echo(f"wrote {out}: {report}")
