@@ -45,6 +45,7 @@ class ConvertOptions:
     calib_dir: Path | None = None
     n_calib: int = 32
     n_verify: int = 16
+    n_agree: int = 400  # gallery photos the top-1 agreement of every runnable extractor is measured on
     allow_degraded: bool = False
     latency_threads: tuple[int, ...] = (1, 2)
     latency_runs: int = 15
@@ -75,8 +76,10 @@ def rec_preprocess_for(model_dir: Path) -> RecPreprocess:
     p = model_dir / PREPROCESS_FILE
     if p.is_file():
         try:
-            return RecPreprocess.from_dict(json.loads(p.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, TypeError) as e:
+            d = json.loads(p.read_text(encoding="utf-8"))
+            # either the preprocess dict itself, or a model description with a "preprocess" key
+            return RecPreprocess.from_dict(d.get("preprocess", d) if isinstance(d, dict) else d)
+        except (json.JSONDecodeError, TypeError, AttributeError) as e:
             raise EdgeShituError(f"{p}: not a valid preprocessing description ({e})") from None
     return RecPreprocess()
 
@@ -224,7 +227,9 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
         progress(f"{kind}: int8 post-training quantization ({len(calib)} calibration images)")
         int8_dir = Path(quantize.quantize(pruned_dir, work / f"{kind}_int8", calib).out_dir)
 
-    thresholds = None if not opts.allow_degraded else {}
+    from edge_shitu.converters.verify import PERMISSIVE
+
+    thresholds = PERMISSIVE if opts.allow_degraded else None  # --allow-degraded: measured, gated in _gate
     entries: list[dict[str, Any]] = []
     runnable: dict[str, Path] = {}
     latency_feed = verify[0]
@@ -260,7 +265,7 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
             extra_kw = {"detector_head": onnx.details.get("head"), "cut_reference": onnx.path}
         arts = export_tflite.to_tflite(onnx.path, out_dir, name=kind, precisions=tfl, calibration=calib_arr,
                                        verify_feeds=verify, reference=model_dir, thresholds=None if
-                                       thresholds is None else {p: {} for p in tfl}, **extra_kw)
+                                       thresholds is None else {p: thresholds for p in tfl}, **extra_kw)
         for precision, art in arts.items():
             path = Path(art.path)
             fid = _summary(_gate(art, precision, f"{kind} tflite:{precision}", opts), "run")
@@ -293,16 +298,46 @@ def embed(path: Path | None, kind: str | None, model_dir: Path, pre: RecPreproce
     return np.stack(feats)
 
 
-def top1_agreement(gallery_ref: np.ndarray, ref_q: np.ndarray, art_q: np.ndarray, own_rows: Sequence[int]) -> float:
-    """How often the artifact's nearest gallery item (itself excluded) is the reference's."""
-    g = gallery_ref / np.linalg.norm(gallery_ref, axis=1, keepdims=True)
+def _loo_top1(feats: np.ndarray) -> np.ndarray:
+    x = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    s = x @ x.T
+    np.fill_diagonal(s, -np.inf)
+    return s.argmax(1)
 
-    def top1(q: np.ndarray) -> np.ndarray:
-        s = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ g.T
-        s[np.arange(len(own_rows)), own_rows] = -np.inf
-        return s.argmax(1)
 
-    return float((top1(ref_q) == top1(art_q)).mean())
+def top1_agreement(ref_feats: np.ndarray, art_feats: np.ndarray) -> float:
+    """How often a gallery photo's nearest other photo is the same under the artifact as under
+    the FP32 reference, both sides embedded by the model under test (what the device sees)."""
+    return float((_loo_top1(ref_feats) == _loo_top1(art_feats)).mean())
+
+
+def spread_rows(n: int, k: int) -> list[int]:
+    """k row numbers spread evenly over n (all of them when k >= n)."""
+    if k >= n:
+        return list(range(n))
+    return sorted(set(np.linspace(0, n - 1, num=k).round().astype(int).tolist()))
+
+
+AGREEMENT_GATES = {"fp32": 0.99, "fp16": 0.99, "int8": 0.97}
+
+
+def _gate_agreement(entry: dict[str, Any], ref: np.ndarray, art: np.ndarray, opts: ConvertOptions) -> None:
+    """Record (and gate) the retrieval-level fidelity of one extractor artifact."""
+    from edge_shitu.converters.paddle_model import mean_row_cosine
+
+    fid = entry["fidelity"]
+    agree = top1_agreement(ref, art)
+    fid.update(top1_agreement=round(agree, 4), gallery_cosine_mean=round(mean_row_cosine(ref, art), 6),
+               agreement_images=len(ref))
+    need = AGREEMENT_GATES.get(entry.get("precision", "fp32"), 0.97)
+    if agree >= need:
+        return
+    msg = (f"rec {entry['kind']}: top-1 gallery-neighbour agreement {agree:.4f} < {need} vs the FP32 Paddle "
+           f"reference on {len(ref)} gallery photos")
+    if not opts.allow_degraded:
+        raise EdgeShituError(msg + "; no bundle was written (--allow-degraded keeps it with a warning)")
+    opts.warnings.append(msg + ", kept because of --allow-degraded")
+    fid["degraded"] = True
 
 
 def _native_lib(board: Board) -> Path | None:
@@ -354,6 +389,10 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
     for d, what in ((rec_dir, "--rec"), (det_dir, "--det")):
         if d is not None and not Path(d).is_dir():
             raise EdgeShituError(f"{what} {d}: not a directory (pass the folder with inference.pdmodel)")
+    check_kind(Path(rec_dir), "rec")  # before the gallery is decoded: a swapped pair fails in a second
+    if det_dir is not None:
+        check_kind(Path(det_dir), "det")
+        det_preprocess_for(Path(det_dir))
     gallery = read_gallery(gallery_dir, labels)
     say(f"gallery: {len(gallery)} photos, {len(set(gallery.labels))} labels")
     decoded: list[tuple[Any, np.ndarray]] = list(gallery.images())
@@ -368,8 +407,6 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
     calib_imgs, verify_imgs = split_images(calib_pool, opts.n_calib, opts.n_verify)
     if opts.calib_dir:  # held-out verification photos come from the gallery
         _, verify_imgs = split_images(images, 0, opts.n_verify)
-    # rows of the verification photos in the gallery (top-1 neighbour agreement excludes them)
-    verify_rows = [next(i for i, im in enumerate(images) if im is v) for v in verify_imgs]
     with _workdir(opts) as work, atomic_dir(out) as root:
         models: dict[str, ModelResult] = {}
         if det_dir is not None:
@@ -383,17 +420,20 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
         ref_feats = embed(None, None, Path(rec_dir), pre, images)
         primary = f"tflite:{board.precision}" if board.backend == "tflite" else f"nb:x86:{board.precision}"
         gallery_art = rec.runnable.get(primary) or next(iter(rec.runnable.values()), None)
-        for entry in rec.entries:  # top-1 gallery-neighbour agreement of every runnable artifact
-            path = rec.runnable.get(entry["kind"])
-            if path is None:
-                continue
-            art_q = embed(path, None, Path(rec_dir), pre, verify_imgs)
-            entry["fidelity"]["top1_agreement"] = top1_agreement(ref_feats, ref_feats[verify_rows], art_q, verify_rows)
+        rows = spread_rows(len(images), opts.n_agree)
         if gallery_art is not None:
             say(f"gallery: embedding {len(images)} photos with {gallery_art.name}")
             feats = embed(gallery_art, None, Path(rec_dir), pre, images)
         else:
             feats = ref_feats
+        for entry in rec.entries:  # top-1 gallery-neighbour agreement of every runnable artifact
+            path = rec.runnable.get(entry["kind"])
+            if path is None:
+                continue
+            say(f"rec: top-1 neighbour agreement of {entry['kind']} on {len(rows)} gallery photos")
+            art = feats[rows] if path == gallery_art else embed(path, None, Path(rec_dir), pre,
+                                                                 [images[i] for i in rows])
+            _gate_agreement(entry, ref_feats[rows], art, opts)
         bits = opts.bits or int(board.index.get("bits", 256))
         method = board.index.get("method", "itq")
         sources = [str(it.path.relative_to(gallery.root)) for it, _ in decoded]

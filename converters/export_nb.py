@@ -444,18 +444,22 @@ def to_nb(
             run_me = twin_path if twin_path is not None else nb
             stage = f"nb-{target}-{precision}" + (" (x86 twin)" if twin_path is not None else "")
             ref_dir = Path(reference or model_dir)
-            gate = {**(thresholds or thresholds_for(precision))}
-            fidelity = _verify_nb(run_me, model, params, ref_dir, verify_feeds, stage, int8, tmpd)
-            if fidelity.boxes is not None:
-                gate["box_match"] = 0.9
+            gate = dict(thresholds) if thresholds is not None else thresholds_for(precision)
             if target == "arm" and int8:
                 # Lite's x86 int8 kernels are not a faithful stand-in for its arm ones (they return
-                # wrong features on real models, see the module doc): the x86 twin's figure is
-                # recorded, the gate is the quantized program itself (its scales are what opt
-                # baked into the file, whose weights equal the twin's) in Paddle Inference.
-                extra["x86_twin_fidelity"] = fidelity.to_dict()
+                # wrong features on real models and can even crash, see the module doc): the x86
+                # twin's figure is recorded, the gate is the quantized program itself (its scales
+                # are what opt baked into the file, whose weights equal the twin's) in Paddle Inference.
+                try:
+                    extra["x86_twin_fidelity"] = _verify_nb(run_me, model, params, ref_dir, verify_feeds, stage,
+                                                            int8, tmpd).to_dict()
+                except EdgeShituError as e:  # informative only: a crash of the x86 int8 kernels is recorded
+                    extra["x86_twin_fidelity"] = {"error": str(e)}
                 fidelity = _verify_quantized_program(model, ref_dir, verify_feeds, "nb-arm-int8 (quantized program)")
-                gate.pop("box_match", None)
+            else:
+                fidelity = _verify_nb(run_me, model, params, ref_dir, verify_feeds, stage, int8, tmpd)
+                if fidelity.boxes is not None:
+                    gate.setdefault("box_match", 0.9)
             check(fidelity, gate)
             if target != "arm" or not int8:
                 fidelity.artifact = str(out_path if twin_path is None else (twin_out or run_me.name))

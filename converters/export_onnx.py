@@ -552,7 +552,7 @@ def verify_onnx_or_tflite(
     fid = Fidelity(stage=stage, artifact=art.name, reference=full.name, samples=len(feeds), outputs=outs,
                    boxes=boxes,
                    note="detector cut before NMS: tensors vs decoded Paddle head; boxes vs full program")
-    check(fid, {**thresholds, "box_match": 0.9})
+    check(fid, {"box_match": 0.9, **thresholds})
     return fid
 
 

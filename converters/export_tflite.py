@@ -253,7 +253,7 @@ def to_tflite(
                 continue
             if reference is None:
                 raise EdgeShituError("verify_feeds needs reference= (the FP32 Paddle model directory)")
-            th = (thresholds or {}).get(p) or thresholds_for(p)
+            th = thresholds[p] if thresholds is not None and p in thresholds else thresholds_for(p)
             try:
                 fidelities[p] = verify_onnx_or_tflite(Path(produced[p]), "tflite", reference, verify_feeds,
                                                       stage=f"tflite-{p}", thresholds=th, head=head, cut_dir=cut_dir)

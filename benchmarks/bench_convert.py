@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Conversion benchmark: every artifact `edge-shitu convert` emits, next to FP32 Paddle Inference.
+
+    python benchmarks/bench_convert.py                       # v1, v2, det, mnv2 (~25-40 min on 2 cores)
+    python benchmarks/bench_convert.py --models v1,mnv2      # a subset
+    python benchmarks/bench_convert.py --quick               # fewer images and timing runs
+
+Per model and artifact: file size, median latency at 1 and 2 threads, fidelity against the FP32
+Paddle reference on held-out real drink photos. The reference row, FP32 Paddle Inference with
+MKLDNN at the same thread counts, is timed in the same run, interleaved with the artifacts
+(this machine is noisy: read the ratios, not the milliseconds).
+
+Models: the real PP-ShiTu graphs (v1 extractor, v2 extractor, mainbody detector) with synthesized
+weights, and torchvision's MobileNetV2 with REAL ImageNet weights as an extractor (`mnv2`).
+Every artifact is produced by the toolchain's own code path (converters.convert.convert_model:
+prune, PTQ, .nb, ONNX, TFLite, verification), here with --allow-degraded so that the synthetic
+models' int8 figures are reported rather than refused.
+
+Prints a table; writes benchmarks/results/bench_convert.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edge_shitu.assets import DRINK_GALLERY, SHITU_GRAPHS, asset  # noqa: E402
+
+GRAPHS = {"v1": ("rec", "general_PPLCNet_x2_5_lite_v1.0_infer"),
+          "v2": ("rec", "general_PPLCNetV2_base_pretrained_v1.0_infer"),
+          "det": ("det", "picodet_PPLCNet_x2_5_mainbody_lite_v1.0_infer")}
+ARTIFACTS = ["tflite:int8", "tflite:fp16", "tflite:fp32", "nb:x86:fp32", "nb:arm:int8"]
+
+
+def _photos(n: int, offset: int) -> list[np.ndarray]:
+    from edge_shitu.preprocess import load_image
+
+    files = sorted(asset(*DRINK_GALLERY).glob("*/*.jpg"))
+    idx = np.random.default_rng(0).permutation(len(files))[offset:offset + n]
+    return [load_image(files[i]) for i in idx]
+
+
+def _model_dir(name: str, work: Path) -> tuple[str, Path, str]:
+    from edge_shitu.converters.synth_weights import synthesize
+
+    if name == "mnv2":
+        from edge_shitu.converters import mobilenet_v2
+
+        return "rec", mobilenet_v2.export_extractor(None, work / "mnv2"), "real (torchvision ImageNet)"
+    kind, graph = GRAPHS[name]
+    out = synthesize(asset(*SHITU_GRAPHS, graph), work / name, calib_images=_photos(4, 900)).out_dir
+    return kind, out, "synthesized"
+
+
+def _interleaved_latency(runners: dict[str, Any], feed: dict[str, np.ndarray], runs: int) -> dict[str, float]:
+    """Median ms per runner, round-robin so that machine noise hits every runner alike."""
+    for r in runners.values():
+        for _ in range(3):
+            r.run(feed)
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(runs):
+        for k, r in runners.items():
+            t0 = time.perf_counter()
+            r.run(feed)
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_model(name: str, work: Path, n_calib: int, n_verify: int, runs: int) -> list[dict[str, Any]]:
+    from edge_shitu.converters.convert import ConvertOptions, convert_model
+    from edge_shitu.converters.paddle_model import PaddleInferenceRunner
+    from edge_shitu.runtimes.backend import open_backend
+
+    kind, model_dir, weights = _model_dir(name, work)
+    opts = ConvertOptions(prune=True, allow_degraded=True, n_calib=n_calib, n_verify=n_verify,
+                          latency_runs=3, latency_threads=(1,))
+    t0 = time.time()
+    res = convert_model(model_dir, kind, _photos(n_calib, 0), _photos(n_verify, 500), ARTIFACTS, work / f"{name}_out",
+                        work / f"{name}_work", opts, lambda m: print(f"  [{name}] {m}", flush=True))
+    seconds = time.time() - t0
+    feed = _feed(kind, model_dir)
+    rows = [{"model": name, "weights": weights, "artifact": "paddle:fp32 (MKLDNN)", "bytes": res.reference["bytes"],
+             "fidelity": 1.0, "pruned": False}]
+    paths = {"paddle:fp32 (MKLDNN)": None}
+    for e in res.entries:
+        f = e["fidelity"]
+        fid = f.get("cosine_mean", f.get("box_recall_iou50"))
+        rows.append({"model": name, "weights": weights, "artifact": e["kind"], "bytes": e["bytes"], "fidelity": fid,
+                     "fidelity_min": f.get("cosine_min"), "verified": f.get("verified"), "pruned": e.get("pruned"),
+                     "degraded": bool(f.get("degraded"))})
+        paths[e["kind"]] = work / f"{name}_out" / Path(e["file"]).name
+    for threads in (1, 2):
+        runners: dict[str, Any] = {"paddle:fp32 (MKLDNN)": PaddleInferenceRunner(model_dir, threads=threads)}
+        for k, p in paths.items():
+            if p is None:
+                continue
+            if k.startswith("nb:arm"):  # arm .nb files cannot run on x86 (see docs)
+                continue
+            runners[k] = open_backend(p, "nb" if k.startswith("nb") else "tflite", threads=threads)
+        lat = _interleaved_latency(runners, feed, runs)
+        for r in rows:
+            r[f"ms_{threads}t"] = lat.get(r["artifact"])
+    ref = rows[0]
+    for r in rows:
+        for t in (1, 2):
+            ms = r.get(f"ms_{t}t")
+            r[f"speedup_{t}t"] = ref[f"ms_{t}t"] / ms if ms else None
+        r["size_ratio"] = ref["bytes"] / r["bytes"]
+    rows[0]["convert_seconds"] = round(seconds, 1)
+    if res.pruning:
+        rows[0]["pruning"] = {k: res.pruning.get(k) for k in ("params_before", "params_after", "flops_before",
+                                                               "flops_after", "fidelity")}
+    return rows
+
+
+def _feed(kind: str, model_dir: Path) -> dict[str, np.ndarray]:
+    from edge_shitu.converters.convert import det_preprocess_for, rec_preprocess_for
+    from edge_shitu.converters.paddle_model import load_program
+
+    img = _photos(1, 1000)[0]
+    if kind == "det":
+        return det_preprocess_for(model_dir)(img)
+    _, feeds, _ = load_program(model_dir)
+    return {feeds[0]: rec_preprocess_for(model_dir).batch([img])}
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    def f(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    print(f"\n{'model':5} {'weights':12} {'artifact':22} {'MB':>7} {'x smaller':>9} {'ms@1t':>8} {'x fast@1':>8} "
+          f"{'ms@2t':>8} {'x fast@2':>8} {'fidelity':>9}")
+    for r in rows:
+        print(f"{r['model']:5} {r['weights'][:12]:12} {r['artifact']:22} {r['bytes'] / 1e6:7.2f} "
+              f"{r['size_ratio']:9.2f} {f(r.get('ms_1t'), '8.2f')} {f(r.get('speedup_1t'), '8.2f')} "
+              f"{f(r.get('ms_2t'), '8.2f')} {f(r.get('speedup_2t'), '8.2f')} {f(r.get('fidelity'), '9.5f')}"
+              f"{' (degraded)' if r.get('degraded') else ''}")
+    print("x fast / x smaller: FP32 Paddle Inference (MKLDNN) time or size divided by the artifact's, same run, "
+          "same threads. nb:arm rows: size only (arm kernels do not run on x86; verified through their x86 twin).")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="v1,v2,det,mnv2")
+    ap.add_argument("--quick", action="store_true", help="fewer calibration images and timing runs")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_convert.json")
+    args = ap.parse_args()
+    if asset(*DRINK_GALLERY) is None:
+        sys.exit("bench_convert: ../shared/assets/drink not found (set EDGE_SHITU_ASSETS)")
+    n_calib, n_verify, runs = (8, 4, 10) if args.quick else (32, 16, 40)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
+        for name in args.models.split(","):
+            print(f"== {name}", flush=True)
+            rows += bench_model(name.strip(), Path(tmp), n_calib, n_verify, runs)
+            print_table(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    from edge_shitu.converters.convert import _tool_versions
+
+    args.out.write_text(json.dumps({"machine": platform.platform(), "processor": platform.processor(),
+                                    "tools": _tool_versions(), "n_calib": n_calib, "n_verify": n_verify,
+                                    "timing_runs": runs, "rows": rows}, indent=1))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
