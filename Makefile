@@ -97,7 +97,7 @@ android-libs: $(BUILD)/android/arm64-v8a/libeshamming.so $(BUILD)/android/armeab
 cross: cross-aarch64 cross-armhf android-libs ## every cross target
 
 # ---------------------------------------------------------------- checks
-.PHONY: test test-fast lint demo bench clean
+.PHONY: test test-fast lint demo bench bench-convert clean
 lint: ## ruff
 	$(PY) -m ruff check .
 
@@ -115,6 +115,10 @@ demo: setup ## the main job on its built-in default
 
 bench: setup ## all benchmarks (tables on stdout, JSON in benchmarks/results/)
 	$(PY_DEVICE) benchmarks/bench_index.py
+	$(PY) benchmarks/bench_convert.py
+
+bench-convert: setup ## conversion benchmark only (every artifact vs FP32 Paddle Inference)
+	$(PY) benchmarks/bench_convert.py
 
 clean:
 	rm -rf $(BUILD) runtimes/lib

@@ -165,6 +165,16 @@ def _gate(art: Any, precision: str, stage: str, opts: ConvertOptions) -> dict[st
     return fid
 
 
+DETAIL_KEYS = ("int8_mode", "converter", "calibration_samples", "head", "cut_before_nms", "verified_by", "route",
+               "x86_twin_fidelity", "program_fixes")
+
+
+def _details(art: Any) -> dict[str, Any]:
+    """What the device runtime (head decode for a detector cut before NMS) and a reader of the
+    report need from an exporter's details; the rest stays in the work directory."""
+    return {k: art.details[k] for k in DETAIL_KEYS if k in (art.details or {})}
+
+
 def _summary(fid: dict[str, Any], verified: str) -> dict[str, Any]:
     """The manifest's fidelity block: headline figures + everything measured."""
     outs = fid.get("outputs") or []
@@ -225,7 +235,7 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
     int8_dir = None
     if any(a.startswith("nb:") and a.endswith(":int8") for a in artifacts):
         progress(f"{kind}: int8 post-training quantization ({len(calib)} calibration images)")
-        int8_dir = Path(quantize.quantize(pruned_dir, work / f"{kind}_int8", calib).out_dir)
+        int8_dir = Path(quantize.quantize_in_subprocess(pruned_dir, work / f"{kind}_int8", calib).out_dir)
 
     from edge_shitu.converters.verify import PERMISSIVE
 
@@ -249,7 +259,8 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
         if target == "x86":
             runnable[art_kind] = path
         entries.append(artifact_entry(out_dir.parent, path, art_kind, precision=precision, pruned=pruned_flag,
-                                      fidelity=fid, latency_ms=lat, **({"latency_note": "x86 twin"} if target == "arm"
+                                      fidelity=fid, latency_ms=lat, details=_details(art),
+                                      **({"latency_note": "x86 twin"} if target == "arm"
                                                                        else {})))
     # ---- TFLite (from the fp32 or pruned ONNX; never from PaddleSlim's QDQ ONNX)
     tfl = [a.split(":")[1] for a in artifacts if a.startswith("tflite:")]
@@ -273,6 +284,7 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
             entries.append(artifact_entry(out_dir.parent, path, f"tflite:{precision}", precision=precision,
                                           pruned=pruned_flag, fidelity=fid,
                                           latency_ms=_latency(path, "tflite", latency_feed, opts),
+                                          details=_details(art),
                                           **({"outputs_cut_before_nms": True} if kind == "det" else {})))
     progress(f"{kind}: FP32 Paddle Inference reference latency")
     from edge_shitu.converters.paddle_model import find_model_files, load_model

@@ -124,7 +124,10 @@ def quantize(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
         if missing:
             raise EdgeShituError(f"calibration sample {i} lacks model inputs {sorted(missing)} "
                                  f"(the model needs {feed_names})")
-    batch_size = max(1, min(batch_size, len(calib_feeds)))
+    # every batch the same size: a short last batch crashes (SIGSEGV) PaddleSlim's calibration
+    # run through PP-PicoDet's NMS while-loop (paddle 2.6), so use the largest divisor <= batch_size
+    n = len(calib_feeds)
+    batch_size = max(d for d in range(1, max(1, min(batch_size, n)) + 1) if n % d == 0)
     loader = _make_loader(calib_feeds, feed_names, batch_size)
     exe = _executor_class()(paddle.CPUPlace())
     scope = paddle.static.Scope()
@@ -254,3 +257,68 @@ class _quiet:
             mod.tqdm = orig
         for lg, level in self._levels.items():
             lg.setLevel(level)
+
+
+def quantize_in_subprocess(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                           calib_feeds: Sequence[Mapping[str, np.ndarray]], timeout: float = 3600,
+                           **kwargs: Any) -> QuantReport:
+    """:func:`quantize` in a child process: Paddle's executor can SIGSEGV inside PaddleSlim's
+    calibration (seen on detectors' NMS loops), which must become an error naming the stage, not
+    a converter that dies without a word."""
+    import json
+    import subprocess
+    import sys
+
+    from edge_shitu.converters.verify import _save_feeds
+
+    with tempfile.TemporaryDirectory(prefix="es-ptq-") as tmp:
+        feeds_file = os.path.join(tmp, "feeds.npz")
+        _save_feeds(calib_feeds, feeds_file)
+        result = os.path.join(tmp, "report.json")
+        job = {"model": str(model_dir), "out": str(out_dir), "feeds": feeds_file, "result": result, "kw": kwargs}
+        cmd = [sys.executable, "-m", "edge_shitu.converters.quantize", "--worker", json.dumps(job)]
+        env = dict(os.environ, GLOG_minloglevel="2")
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired as e:
+            raise EdgeShituError(f"PTQ of {model_dir} took longer than {timeout:.0f} s") from e
+        if proc.returncode != 0 or not os.path.exists(result):
+            lines = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
+            why = next((ln for ln in reversed(lines) if ln.startswith(("edge-shitu", "EdgeShituError", "RuntimeError",
+                                                                          "ValueError", "[F "))),
+                       lines[-1] if lines else "")
+            how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+            raise EdgeShituError(f"PTQ of {model_dir} failed ({how}): {why[:300]}")
+        with open(result) as f:
+            r = json.load(f)
+    return QuantReport(Path(r["out_dir"]), r["algo"], r["onnx_format"], r["quantizable_op_type"], r["n_calib"],
+                       r["n_quant_ops"], r["seconds"], r["op_counts"])
+
+
+def _main(argv: Sequence[str]) -> int:
+    import dataclasses
+    import json
+    import sys
+
+    if len(argv) != 2 or argv[0] != "--worker":
+        print("usage: python -m edge_shitu.converters.quantize --worker JOB_JSON", file=sys.stderr)
+        return 2
+    from edge_shitu.converters.verify import _load_feeds
+
+    job = json.loads(argv[1])
+    try:
+        rep = quantize(job["model"], job["out"], _load_feeds(job["feeds"]), **job["kw"])
+    except EdgeShituError as e:
+        print(f"edge-shitu: {e}", file=sys.stderr)
+        return 1
+    d = dataclasses.asdict(rep)
+    d["out_dir"] = str(rep.out_dir)
+    with open(job["result"], "w") as f:
+        json.dump(d, f)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))

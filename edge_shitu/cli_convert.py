@@ -26,21 +26,40 @@ def _need_stack() -> None:
                              "runtime") from None
 
 
+def count_stages(artifacts: tuple[str, ...] | list[str], prune: bool, models: int = 1, gallery: bool = False) -> int:
+    """How many stage messages a conversion emits (one per long step), for the progress bar."""
+    nb = [a for a in artifacts if a.startswith("nb:")]
+    tfl = [a for a in artifacts if a.startswith("tflite:")]
+    per_model = int(prune) + int(any(a.endswith(":int8") for a in nb)) + len(nb) + (2 if tfl else 0) + 1
+    n = models * per_model
+    if gallery:  # photo count, reference features, embedding, agreement per runnable artifact, done
+        n += 4 + len(tfl) + sum(a.startswith("nb:x86") for a in nb)
+    return n
+
+
 @contextlib.contextmanager
-def _progress(enabled: bool) -> Iterator:
-    """A rich status line per stage (stderr), so --json output on stdout stays clean."""
+def _progress(enabled: bool, total: int | None = None) -> Iterator:
+    """A rich progress bar over the conversion's stages, each stage logged with its time (stderr,
+    so --json output on stdout stays clean). Stages are minutes long, so the bar counts stages."""
     from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
     if not enabled:
         yield lambda msg: None
         return
-    with console.status("starting", spinner="dots") as status:
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("starting", total=total)
+
         def say(msg: str) -> None:
-            console.log(msg)
-            status.update(msg)
+            bar.console.log(msg)
+            if not msg.startswith(("warning", "skipping")):
+                bar.update(task, description=msg[:60], advance=1)
 
         yield say
+        bar.update(task, completed=total)
 
 
 def register(app: typer.Typer) -> None:
@@ -85,7 +104,9 @@ def register(app: typer.Typer) -> None:
         opts = ConvertOptions(prune=not no_prune, prune_ratio=prune_ratio, fidelity_budget=budget, calib_dir=calib,
                               allow_degraded=allow_degraded, bits=bits, n_calib=calib_images,
                               n_verify=verify_images, n_agree=agree_images)
-        with _progress(not json_out) as say:
+        b = load_board(board)
+        total = count_stages(b.artifacts, not no_prune, models=2 if det else 1, gallery=True)
+        with _progress(not json_out, total) as say:
             manifest = run(rec, gallery, board, out, det_dir=det, labels=labels, opts=opts, progress=say)
         if json_out:
             typer.echo(json.dumps(manifest, ensure_ascii=False, indent=1))
@@ -103,9 +124,16 @@ def register(app: typer.Typer) -> None:
         board: str = typer.Option("x86-64", "--board", help="Which artifacts to emit (a board's list)."),
         no_prune: bool = typer.Option(False, "--no-prune", help="Skip structured pruning."),
         allow_degraded: bool = typer.Option(False, "--allow-degraded", help="Keep artifacts below threshold."),
+        calib_images: int = typer.Option(32, "--calib-images", min=1, help="How many photos calibrate int8 PTQ."),
+        verify_images: int = typer.Option(16, "--verify-images", min=1, help="How many held-out photos every "
+                                          "artifact is compared with the FP32 reference on."),
         json_out: bool = typer.Option(False, "--json", help="Print the artifact list as JSON."),
     ) -> None:
-        """Convert and verify one model (no gallery, no bundle)."""
+        """Convert and verify one model (no gallery, no bundle).
+
+        The photos in --calib are split into calibration and held-out verification sets; the
+        artifacts of the board's list land in OUT/KIND/ with OUT/artifacts.json describing them.
+        """
         from edge_shitu.boards import load_board
 
         if kind not in ("det", "rec"):
@@ -115,11 +143,13 @@ def register(app: typer.Typer) -> None:
         import tempfile
 
         from edge_shitu.atomic import atomic_dir
-        from edge_shitu.converters.convert import ConvertOptions, load_calib_dir, split_images
+        from edge_shitu.converters.convert import ConvertOptions, check_kind, load_calib_dir, split_images
         from edge_shitu.converters.convert import convert_model as run
 
-        opts = ConvertOptions(prune=not no_prune, allow_degraded=allow_degraded)
-        with _progress(not json_out) as say:
+        check_kind(model, kind)  # a model of the wrong kind fails before any photo is decoded
+        opts = ConvertOptions(prune=not no_prune, allow_degraded=allow_degraded, n_calib=calib_images,
+                              n_verify=verify_images)
+        with _progress(not json_out, count_stages(b.artifacts, not no_prune)) as say:
             images = load_calib_dir(calib, say)
             cal, ver = split_images(images, opts.n_calib, opts.n_verify)
             with tempfile.TemporaryDirectory(prefix="edge-shitu-") as work, atomic_dir(out) as root:
@@ -130,6 +160,8 @@ def register(app: typer.Typer) -> None:
         else:
             for e in result.entries:
                 typer.echo(f"{e['kind']:<12} {e['bytes']:>10} bytes  {e['file']}")
+        for w in opts.warnings:
+            typer.echo(f"warning: {w}", err=True)
 
     @app.command("synth-weights")
     def synth_weights(

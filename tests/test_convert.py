@@ -242,3 +242,35 @@ def test_real_weights_extractor_bundle(tmp_path: Path) -> None:
         err = _one_line_error(cli(*args))
         assert "tflite" in err and ("cosine" in err or "agreement" in err)
         _no_leftovers(out)
+
+
+@pytest.mark.integration
+def test_convert_model_v2_extractor_every_stage(tmp_path: Path) -> None:
+    """The PP-ShiTuV2 extractor graph (PP-LCNetV2, synthesized weights) through prune, PTQ, .nb
+    (x86 run + arm twin) and TFLite with `convert-model`, the one-model command."""
+    pytest.importorskip("paddleslim")
+    from edge_shitu.bundle import sha256_file
+    from edge_shitu.converters.synth_weights import synthesize
+    from edge_shitu.preprocess import load_image
+
+    gal = _gallery(tmp_path / "g", 16, step=53)
+    photos = [load_image(p) for p in sorted(gal.glob("*/*.jpg"))[:4]]
+    rec = synthesize(require_asset(*SHITU_GRAPHS, "general_PPLCNetV2_base_pretrained_v1.0_infer"), tmp_path / "v2",
+                     calib_images=photos).out_dir
+    board = _board(tmp_path, "x86-64", ["tflite:int8", "tflite:fp32", "nb:x86:fp32", "nb:arm:int8"])
+    out = tmp_path / "out"
+    proc = cli("convert-model", str(rec), "--kind", "rec", "--calib", str(gal), "--board", str(board),
+               "--allow-degraded", "--json", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    entries = {e["kind"]: e for e in json.loads(proc.stdout)}
+    assert set(entries) == {"tflite:int8", "tflite:fp32", "nb:x86:fp32", "nb:arm:int8"}
+    for k in ("tflite:fp32", "nb:x86:fp32"):
+        assert entries[k]["fidelity"]["cosine_min"] >= 0.9999, k
+    assert entries["nb:arm:int8"]["details"]["verified_by"].startswith("structure")
+    for e in entries.values():
+        assert sha256_file(out / e["file"]) == e["sha256"]
+    # a detector given as --kind rec is refused before any work
+    err = _one_line_error(cli("convert-model", str(require_asset(*SHITU_GRAPHS, DET)), "--kind", "rec", "--calib",
+                              str(gal), "-o", str(tmp_path / "x")))
+    assert "detector" in err
+    _no_leftovers(tmp_path / "x")
