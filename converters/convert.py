@@ -254,13 +254,14 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
         art = export_nb.to_nb(src, path, target=target, int8=precision == "int8", verify_feeds=verify,
                               reference=model_dir, thresholds=thresholds, twin_out=twin)
         fid = _summary(_gate(art, precision, f"{kind} {art_kind}", opts), "twin" if target == "arm" else "run")
-        lat = _latency(path if target == "x86" else twin, "nb", latency_feed, opts) if (
-            target == "x86" or (twin and twin.exists())) else None
+        # arm kernels do not run here and an x86 twin's time says nothing about them (its int8
+        # kernels can even crash): only files that run here as themselves are timed
+        lat = _latency(path, "nb", latency_feed, opts) if target == "x86" else None
         if target == "x86":
             runnable[art_kind] = path
         entries.append(artifact_entry(out_dir.parent, path, art_kind, precision=precision, pruned=pruned_flag,
                                       fidelity=fid, latency_ms=lat, details=_details(art),
-                                      **({"latency_note": "x86 twin"} if target == "arm"
+                                      **({"latency_note": "arm: not runnable on this host"} if target == "arm"
                                                                        else {})))
     # ---- TFLite (from the fp32 or pruned ONNX; never from PaddleSlim's QDQ ONNX)
     tfl = [a.split(":")[1] for a in artifacts if a.startswith("tflite:")]
@@ -270,7 +271,10 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
                                    verify_feeds=verify, reference=model_dir if kind == "rec" else None,
                                    thresholds=thresholds)
         progress(f"{kind}: TFLite {', '.join(tfl)} (onnx2tf, int8 calibrated on {len(calib)} images)")
-        calib_arr = np.concatenate([c[feed_names[0]] for c in calib], axis=0)
+        # the image input (a detector also takes im_shape and scale_factor, in any order; its
+        # ONNX is cut to the image alone)
+        image_name = next(n for n in feed_names if np.asarray(calib[0][n]).ndim == 4)
+        calib_arr = np.concatenate([c[image_name] for c in calib], axis=0)
         extra_kw: dict[str, Any] = {}
         if kind == "det":
             extra_kw = {"detector_head": onnx.details.get("head"), "cut_reference": onnx.path}
