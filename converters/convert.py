@@ -277,7 +277,7 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
         calib_arr = np.concatenate([c[image_name] for c in calib], axis=0)
         extra_kw: dict[str, Any] = {}
         if kind == "det":
-            extra_kw = {"detector_head": onnx.details.get("head"), "cut_reference": onnx.path}
+            extra_kw = {"detector_head": onnx.details.get("head")}  # the FP32 program is cut to match
         arts = export_tflite.to_tflite(onnx.path, out_dir, name=kind, precisions=tfl, calibration=calib_arr,
                                        verify_feeds=verify, reference=model_dir, thresholds=None if
                                        thresholds is None else {p: thresholds for p in tfl}, **extra_kw)
@@ -287,7 +287,8 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
             runnable[f"tflite:{precision}"] = path
             entries.append(artifact_entry(out_dir.parent, path, f"tflite:{precision}", precision=precision,
                                           pruned=pruned_flag, fidelity=fid,
-                                          latency_ms=_latency(path, "tflite", latency_feed, opts),
+                                          latency_ms=_latency(path, "tflite", {image_name: latency_feed[image_name]}
+                                                              if kind == "det" else latency_feed, opts),
                                           details=_details(art),
                                           **({"outputs_cut_before_nms": True} if kind == "det" else {})))
     progress(f"{kind}: FP32 Paddle Inference reference latency")

@@ -441,7 +441,7 @@ def test_shitu_v1_extractor_synth_weights(tmp_path: Path) -> None:
     t0 = time.time()
     tfl = to_tflite(tmp_path / "v1.onnx", tmp_path, name="v1", verify_feeds=held, reference=fp32,
                     calibration=np.concatenate([c["x"] for c in calib]),
-                    thresholds={"int8": {"cosine_mean": 0.93, "cosine_min": 0.9}})
+                    thresholds={"int8": {"cosine_mean": 0.9, "cosine_min": 0.7}})  # synthetic: floors only
     t["tflite"] = round(time.time() - t0, 1)
     arts.update({f"tflite-{p}": a for p, a in tfl.items()})
     for k in ("nb-x86-fp32", "onnx-fp32", "tflite-fp32"):
