@@ -229,8 +229,8 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
         progress(f"{kind}: pruning (sensitivity on {len(calib)} images, budget {opts.fidelity_budget})")
         report = prune.prune(model_dir, work / f"{kind}_pruned", calib[: max(4, len(calib) // 4)],
                              eval_feeds=verify[:8], budget=opts.fidelity_budget, prune_ratio=opts.prune_ratio)
-        pruned_dir = Path(report.out_dir) if getattr(report, "out_dir", None) else work / f"{kind}_pruned"
-        pruning = report.to_dict() if hasattr(report, "to_dict") else dict(vars(report))
+        pruned_dir = Path(report.out_dir)
+        pruning = report.to_dict()
     # ---- quantize (Paddle side: for .nb int8)
     int8_dir = None
     if any(a.startswith("nb:") and a.endswith(":int8") for a in artifacts):

@@ -88,6 +88,16 @@ class PruneReport:
     n_evals: int
     seconds: float
 
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's view: what was pruned, what it saved, what it cost in fidelity."""
+        return {"mode": self.mode, "metric": self.metric, "budget": self.budget,
+                "params_before": self.params_before, "params_after": self.params_after,
+                "macs_before": self.macs_before, "macs_after": self.macs_after,
+                "params_reduction": round(self.params_reduction, 4), "macs_reduction": round(self.macs_reduction, 4),
+                "fidelity": self.fidelity, "eval_fidelity": self.eval_fidelity,
+                "ratios": {k: round(float(v), 4) for k, v in self.ratios.items()},
+                "skipped": len(self.skipped), "seconds": round(self.seconds, 1)}
+
     @property
     def macs_reduction(self) -> float:
         return 1.0 - self.macs_after / self.macs_before if self.macs_before else 0.0

@@ -68,9 +68,11 @@ def write_report(root: Path, manifest: dict[str, Any]) -> None:
     for which in ("det", "rec"):
         prune = (manifest.get(which) or {}).get("pruning")
         if prune:
-            lines += ["", f"**{which} pruning**: params {prune.get('params_before')} -> {prune.get('params_after')}, "
-                      f"FLOPs {prune.get('flops_before')} -> {prune.get('flops_after')}, "
-                      f"fidelity {prune.get('fidelity')}"]
+            lines += ["", f"**{which} pruning** ({prune.get('mode')}, budget {prune.get('budget')}): params "
+                      f"{prune.get('params_before'):,} -> {prune.get('params_after'):,}, MACs "
+                      f"{prune.get('macs_before'):,} -> {prune.get('macs_after'):,} "
+                      f"(-{100 * prune.get('macs_reduction', 0):.1f}%), {len(prune.get('ratios', {}))} convs pruned, "
+                      f"fidelity {prune.get('fidelity', float('nan')):.5f} (cosine vs FP32)"]
     idx = manifest["index"]
     lines += ["", f"**Gallery index**: {idx.get('items')} items, {idx.get('labels')} labels, {idx.get('bits')}-bit "
               f"{idx.get('method')} codes ({idx.get('bits', 0) // 8} bytes per item), re-rank shortlist "
