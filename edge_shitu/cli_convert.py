@@ -112,8 +112,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(manifest, ensure_ascii=False, indent=1))
         else:
             typer.echo(f"bundle: {out} (see {out / 'report.md'})")
-            for w in manifest.get("warnings", []):
-                typer.echo(f"warning: {w}", err=True)
+        for w in manifest.get("warnings", []):  # stderr in both modes: --json keeps stdout parseable
+            typer.echo(f"warning: {w}", err=True)
 
     @app.command("convert-model")
     def convert_model(
