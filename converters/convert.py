@@ -160,7 +160,8 @@ def _gate(art: Any, precision: str, stage: str, opts: ConvertOptions) -> dict[st
         try:
             check(art.fidelity, thresholds_for(precision))
         except EdgeShituError as e:
-            opts.warnings.append(f"{stage}: below threshold, kept because of --allow-degraded: {e}")
+            why = str(e).replace("; the artifact was not written", "")
+            opts.warnings.append(f"{stage}: below threshold, kept because of --allow-degraded: {why}")
             fid["degraded"] = True
     return fid
 
