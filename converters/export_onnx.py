@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -39,9 +38,15 @@ from edge_shitu.converters.verify import (
     check,
     compare,
     compare_boxes,
-    iou_matrix,
-    nms,
     thresholds_for,
+)
+from edge_shitu.detection import (
+    PicoDetHead,
+    anchor_centers,
+    candidate_boxes,
+    decode_picodet,
+    iou_matrix,
+    postprocess_detections,
 )
 from edge_shitu.errors import EdgeShituError
 from edge_shitu.runtimes.paddle_backend import find_model_files, program_io
@@ -73,24 +78,6 @@ def _attr(op: Any, name: str, default: Any = None) -> Any:
 
 def has_nms(pdmodel: str | os.PathLike[str]) -> bool:
     return any(op.type in NMS_OPS for b in _program(Path(pdmodel)).blocks for op in b.ops)
-
-
-@dataclass
-class PicoDetHead:
-    """Where a PP-PicoDet program's head ends and how its outputs decode (read from the graph)."""
-
-    image: str
-    scores: list[str]  # per level, [1, H, W, C] after sigmoid
-    dists: list[str]  # per level, [1, H, W, 4 * (reg_max + 1)]
-    strides: list[int]
-    grids: list[tuple[int, int]]
-    num_classes: int
-    reg_max: int
-    cell_offset: float
-    nms: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def find_picodet_head(pdmodel: str | os.PathLike[str]) -> PicoDetHead:
@@ -294,55 +281,6 @@ def write_cut_model(model_dir: str | os.PathLike[str], out_dir: str | os.PathLik
 
 
 # ----------------------------------------------------------------------------- decode
-def _centers(head: PicoDetHead) -> list[np.ndarray]:
-    out = []
-    for (h, w), s in zip(head.grids, head.strides):
-        ys, xs = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
-        c = np.stack([(xs.ravel() + head.cell_offset) * s, (ys.ravel() + head.cell_offset) * s], 1)
-        out.append(c.astype(np.float32))
-    return out
-
-
-def decode_picodet(raw: Sequence[np.ndarray], head: PicoDetHead) -> tuple[np.ndarray, np.ndarray]:
-    """Numpy twin of the appended ONNX decode: per-level raw maps -> boxes [1,N,4], scores [1,N,C].
-
-    ``raw`` = the score maps then the distribution maps, in ``head`` order (what the cut Paddle
-    program fetches). Used to verify the ONNX decode against the Paddle head.
-    """
-    n = len(head.scores)
-    boxes, scores = [], []
-    bins = head.reg_max + 1
-    proj = np.arange(bins, dtype=np.float32)
-    for lvl, centre in enumerate(_centers(head)):
-        sc = np.asarray(raw[lvl], dtype=np.float32).reshape(1, -1, head.num_classes)
-        d = np.asarray(raw[n + lvl], dtype=np.float32).reshape(1, -1, 4, bins)
-        e = np.exp(d - d.max(-1, keepdims=True))
-        dist = (e / e.sum(-1, keepdims=True)) @ proj * head.strides[lvl]
-        boxes.append(np.concatenate([centre[None] - dist[..., :2], centre[None] + dist[..., 2:]], -1))
-        scores.append(sc)
-    return np.concatenate(boxes, 1), np.concatenate(scores, 1)
-
-
-def _candidate_boxes(boxes: np.ndarray, im_shape: Sequence[float], scale_factor: Sequence[float]) -> np.ndarray:
-    """All decoded boxes clipped and rescaled like the detector's own output (no NMS)."""
-    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
-    b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, float(im_shape[1]))
-    b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, float(im_shape[0]))
-    sy, sx = float(scale_factor[0]), float(scale_factor[1])
-    return b / np.array([sx, sy, sx, sy], dtype=np.float32)
-
-
-def postprocess_detections(boxes: np.ndarray, scores: np.ndarray, head: PicoDetHead,
-                           im_shape: Sequence[float], scale_factor: Sequence[float]) -> np.ndarray:
-    """What the runtime does after the cut model: clip to ``im_shape`` (h, w), NMS, divide by
-    ``scale_factor`` (sy, sx). Returns [K, 6] rows like Paddle's detector output."""
-    b = _candidate_boxes(boxes, im_shape, scale_factor)
-    s = np.asarray(scores, dtype=np.float32).reshape(-1, head.num_classes).T
-    p = head.nms
-    return nms(b, s, score_threshold=float(p["score_threshold"]), iou_threshold=float(p["nms_threshold"]),
-               top_k=int(p["nms_top_k"]), keep_top_k=int(p["keep_top_k"]))
-
-
 def append_picodet_decode(model: Any, head: PicoDetHead) -> Any:
     """Append ONNX nodes that turn the head maps (graph outputs, head order) into ``boxes``
     [1,N,4] and ``scores`` [1,N,C]; the old outputs are removed.
@@ -372,7 +310,7 @@ def append_picodet_decode(model: Any, head: PicoDetHead) -> Any:
     def i64(name: str, *values: int) -> str:
         return const(name, np.array(values, np.int64))
 
-    for lvl, centre in enumerate(_centers(head)):
+    for lvl, centre in enumerate(anchor_centers(head)):
         hw = centre.shape[0]
         p = f"lvl{lvl}"
         node("Reshape", [outs[lvl], i64(f"{p}_sshape", 1, hw, head.num_classes)], f"{p}_scores")
@@ -545,7 +483,7 @@ def verify_onnx_or_tflite(
         sf = np.asarray(f.get("scale_factor", np.array([[1.0, 1.0]]))).reshape(-1)[:2]
         ref_boxes.append(np.asarray(fo[0]).reshape(-1, 6))
         art_boxes.append(postprocess_detections(a[0], a[1], head, im_shape, sf))
-        cand.append(_candidate_boxes(a[0], im_shape, sf))
+        cand.append(candidate_boxes(a[0], im_shape, sf))
     boxes = compare_boxes(ref_boxes, art_boxes)
     present = sum(int((iou_matrix(r[:, 2:], c).max(1, initial=0.0) >= 0.5).sum()) for r, c in zip(ref_boxes, cand))
     boxes.candidates_frac = present / boxes.ref_boxes if boxes.ref_boxes else float("nan")

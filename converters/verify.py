@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from edge_shitu.detection import iou_matrix, nms  # noqa: F401  (re-exported: the verifier's API)
 from edge_shitu.errors import EdgeShituError
 from edge_shitu.runtimes.backend import Backend
 
@@ -250,21 +251,6 @@ def compare(
 
 
 # ----------------------------------------------------------------------------- boxes
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in ``a`` [N,4] with every box in ``b`` [M,4] (x1, y1, x2, y2)."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
 def match_boxes(
     ref: np.ndarray, art: np.ndarray, iou_threshold: float = 0.5
 ) -> tuple[list[tuple[int, int, float]], np.ndarray]:
@@ -333,45 +319,6 @@ def compare_boxes(
         score_diff_max=max(sd) if sd else float("nan"),
         degenerate=degenerate, reason=reasons[0] if degenerate else "",
     )
-
-
-def nms(
-    boxes: np.ndarray,
-    scores: np.ndarray,
-    *,
-    score_threshold: float = 0.025,
-    iou_threshold: float = 0.6,
-    top_k: int = 1000,
-    keep_top_k: int = 100,
-) -> np.ndarray:
-    """Multi-class NMS with the semantics of Paddle's ``multiclass_nms3`` (normalized=True).
-
-    ``boxes`` [N, 4] (x1, y1, x2, y2), ``scores`` [C, N]. Returns [K, 6] rows
-    ``[class, score, x1, y1, x2, y2]`` sorted by score, like the Paddle detector's output.
-    Used to turn a detector artifact cut before its NMS into comparable detections.
-    """
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    scores = np.asarray(scores, dtype=np.float32).reshape(-1, boxes.shape[0])
-    out = []
-    for c in range(scores.shape[0]):
-        s = scores[c]
-        idx = np.where(s > score_threshold)[0]
-        idx = idx[np.argsort(-s[idx], kind="stable")][:top_k]
-        keep: list[int] = []
-        while idx.size:
-            i = idx[0]
-            keep.append(int(i))
-            if idx.size == 1:
-                break
-            iou = iou_matrix(boxes[i:i + 1], boxes[idx[1:]])[0]
-            idx = idx[1:][iou <= iou_threshold]
-        for i in keep:
-            out.append([c, s[i], *boxes[i]])
-    if not out:
-        return np.zeros((0, 6), dtype=np.float32)
-    res = np.array(out, dtype=np.float32)
-    res = res[np.argsort(-res[:, 1], kind="stable")][:keep_top_k]
-    return res
 
 
 # ----------------------------------------------------------------------------- gate

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from edge_shitu import __version__, cli_convert
+from edge_shitu import __version__, cli_convert, cli_recognize
 from edge_shitu.cli_index import index_app
 from edge_shitu.errors import EdgeShituError
 
@@ -25,6 +25,7 @@ app = typer.Typer(
 )
 app.add_typer(index_app, name="index")
 cli_convert.register(app)
+cli_recognize.register(app)
 
 
 @app.command()

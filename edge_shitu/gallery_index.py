@@ -83,7 +83,10 @@ class GalleryIndex:
     @classmethod
     def build(cls, features: np.ndarray, labels: Sequence[str], *, bits: int | None = None,
               method: str | Method = "itq", ids: Sequence[int] | np.ndarray | None = None,
-              normalize: bool = True, meta: dict[str, Any] | None = None) -> GalleryIndex:
+              normalize: bool = True, meta: dict[str, Any] | None = None,
+              score_table: bool = True) -> GalleryIndex:
+        """A new index of ``features``; ``score_table`` also stores the distance -> cosine
+        table match scores are read from (edge_shitu/scores.py)."""
         x = check_features(features)
         if x.shape[0] == 0:
             raise EdgeShituError("features: no rows; a gallery needs at least one item")
@@ -106,6 +109,11 @@ class GalleryIndex:
         index._writable = True
         index.add(x, labels, ids=ids)
         index._d.generation = 0
+        if score_table:
+            from edge_shitu.scores import TABLE_KEY, distance_cosine_table
+
+            codes = planes_to_rows(index._d.planes, np.arange(index._d.count))
+            index._d.meta[TABLE_KEY] = distance_cosine_table(x, codes, index.bits)
         return index
 
     @classmethod
@@ -155,6 +163,11 @@ class GalleryIndex:
     def ids(self, live_only: bool = True) -> np.ndarray:
         ids = np.asarray(self._d.ids, dtype=np.int64)
         return ids[~self._d.deleted_mask()] if live_only else ids
+
+    def items(self) -> list[tuple[int, str]]:
+        """(id, label) of every live item, in storage order."""
+        live = np.flatnonzero(~self._d.deleted_mask())
+        return list(zip((int(i) for i in self._d.ids[live]), self.labels_of_rows(live)))
 
     def info(self) -> dict[str, Any]:
         d = self._d

@@ -194,14 +194,30 @@ def _area_taps(dst: int, src: int, scale: float) -> tuple[np.ndarray, np.ndarray
     return idx, w
 
 
+def _opencv() -> Any:
+    """OpenCV when installed and not disabled (EDGE_SHITU_RESIZE=numpy), else None."""
+    if os.environ.get("EDGE_SHITU_RESIZE", "auto").lower() == "numpy":
+        return None
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
 def cv2_resize(img: np.ndarray, size: tuple[int, int] | None = None, fx: float | None = None,
-               fy: float | None = None, interp: int = INTER_LINEAR) -> np.ndarray:
+               fy: float | None = None, interp: int = INTER_LINEAR, impl: str = "auto") -> np.ndarray:
     """``cv2.resize(img, size, fx=fx, fy=fy, interpolation=interp)`` for uint8 HWC images.
 
     Follows OpenCV's argument rules: ``size`` is (width, height); without it the output size
     is round(w*fx), round(h*fy) and the coordinate mapping uses fx/fy themselves (not the
-    rounded size), as PaddleDetection's ``Resize`` relies on.
+    rounded size), as PaddleDetection's ``Resize`` relies on. ``impl="auto"`` hands the work
+    to OpenCV where it is installed (the optional fast path on a device: ~50x faster, same
+    result within one grey level), ``"numpy"`` always uses the numpy implementation.
     """
+    cv2 = _opencv() if impl == "auto" else None
+    if cv2 is not None:
+        return cv2.resize(img, size, fx=fx or 0, fy=fy or 0, interpolation=interp)
     h, w = img.shape[:2]
     if size is None:
         if not fx or not fy:
@@ -223,15 +239,25 @@ def cv2_resize(img: np.ndarray, size: tuple[int, int] | None = None, fx: float |
     else:
         iy, wy = _taps(oh, h, iy_scale, interp)
         ix, wx = _taps(ow, w, ix_scale, interp)
-    src = a.astype(np.float32)
-    rows = np.zeros((oh, w, a.shape[2]), np.float32)
+    # Separable taps, gathered along axis 0 both times (contiguous row copies; the horizontal
+    # pass runs on the transposed image) and accumulated in place: 2x faster than gathering
+    # columns, which matters on a Raspberry Pi without OpenCV. Same arithmetic, same bytes.
+    c = a.shape[2]
+    rows = np.zeros((oh, w, c), np.float32)
+    tmp = np.empty((oh, w, c), np.float32)
     for k in range(iy.shape[0]):
-        rows += wy[k][:, None, None] * src[iy[k]]
-    out = np.zeros((oh, ow, a.shape[2]), np.float32)
+        np.multiply(a[iy[k]], wy[k][:, None, None], out=tmp)
+        rows += tmp
+    cols = np.ascontiguousarray(rows.transpose(1, 0, 2))  # (w, oh, c)
+    out = np.zeros((ow, oh, c), np.float32)
+    tmp = np.empty((ow, oh, c), np.float32)
     for k in range(ix.shape[0]):
-        out += wx[k][None, :, None] * rows[:, ix[k]]
-    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    return out[:, :, 0] if squeeze else out
+        np.multiply(cols[ix[k]], wx[k][:, None, None], out=tmp)
+        out += tmp
+    np.rint(out, out=out)
+    np.clip(out, 0, 255, out=out)
+    res = np.ascontiguousarray(out.astype(np.uint8).transpose(1, 0, 2))
+    return res[:, :, 0] if squeeze else res
 
 
 def _area_as_linear(dst: int, src: int, inv_scale: float) -> tuple[np.ndarray, np.ndarray]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,3 +25,22 @@ def assets() -> Path:
     if not root.exists():
         pytest.skip(f"shared assets not found at {root} (set EDGE_SHITU_ASSETS)")
     return root
+
+
+@pytest.fixture(scope="session")
+def synth_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Runnable PP-ShiTu detector + v1 extractor (real graphs, synthesized weights)."""
+    pytest.importorskip("paddleslim")
+    from tests.bundles import make_synth_models
+
+    return make_synth_models(tmp_path_factory.mktemp("synth"))
+
+
+@pytest.fixture(scope="session")
+def rpi4_bundle(tmp_path_factory: pytest.TempPathFactory, synth_models: dict[str, Path]) -> Any:
+    """The session's det + rec rpi4 bundle (tests/bundles.py); fails the test if convert failed."""
+    from tests.bundles import make_rpi4_bundle
+
+    run = make_rpi4_bundle(tmp_path_factory.mktemp("rpi4"), synth_models)
+    assert run.proc.returncode == 0, run.proc.stderr[-3000:]
+    return run

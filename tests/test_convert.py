@@ -18,52 +18,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from edge_shitu.assets import DRINK_GALLERY, SHITU_GRAPHS
+from edge_shitu.assets import SHITU_GRAPHS
+from tests.bundles import DET, V1, BundleRun, _board, _gallery, _no_leftovers, _one_line_error, cli
 from tests.conftest import require_asset
-
-V1 = "general_PPLCNet_x2_5_lite_v1.0_infer"
-DET = "picodet_PPLCNet_x2_5_mainbody_lite_v1.0_infer"
-
-
-def cli(*args: str, timeout: float = 3000) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge_shitu.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def _one_line_error(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode != 0, proc.stdout
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("edge-shitu: error:")]
-    assert len(lines) == 1, proc.stderr[-2000:]
-    return lines[0]
-
-
-def _gallery(root: Path, n: int, step: int = 37, corrupt: int = 0) -> Path:
-    """A PaddleClas-layout gallery: n real drink photos (copied), `corrupt` broken files, labels file."""
-    src = require_asset(*DRINK_GALLERY)
-    lines = (src / "drink_label_all.txt").read_text(encoding="utf-8").splitlines()[::step][:n]
-    root.mkdir(parents=True)
-    out = []
-    for line in lines:
-        rel, label = line.split("\t")
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(src / rel, root / rel)
-        out.append(f"{rel}\t{label}")
-    for i in range(corrupt):
-        (root / f"broken_{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-        out.append(f"broken_{i}.jpg\tbroken")
-    (root / "labels.txt").write_text("\n".join(out) + "\n", encoding="utf-8")
-    return root
-
-
-def _no_leftovers(out: Path) -> None:
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")], list(out.parent.iterdir())
 
 
 # ============================================================================ fast tier
@@ -131,40 +92,14 @@ def test_convert_help_reads_like_documentation() -> None:
 
 
 # ============================================================================ integration tier
-def _board(tmp_path: Path, base: str, artifacts: list[str], **over: object) -> Path:
-    from edge_shitu.boards import boards_dir
-
-    raw = json.loads((boards_dir() / f"{base}.json").read_text(encoding="utf-8"))
-    raw.update(artifacts=artifacts, name=f"{base}-test", **over)
-    p = tmp_path / f"{base}-test.json"
-    p.write_text(json.dumps(raw), encoding="utf-8")
-    return p
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    pytest.importorskip("paddleslim")
-    from edge_shitu.converters.synth_weights import synthesize
-    from edge_shitu.preprocess import load_image
-
-    out = tmp_path_factory.mktemp("synth")
-    photos = [load_image(p) for p in sorted(require_asset(*DRINK_GALLERY).glob("*/*.jpg"))[::200][:4]]
-    return {"rec": synthesize(require_asset(*SHITU_GRAPHS, V1), out / "rec", calib_images=photos).out_dir,
-            "det": synthesize(require_asset(*SHITU_GRAPHS, DET), out / "det", calib_images=photos[:2]).out_dir}
-
-
 @pytest.mark.integration
-def test_convert_det_rec_arm_bundle(tmp_path: Path, synth: dict[str, Path]) -> None:
+def test_convert_det_rec_arm_bundle(rpi4_bundle: BundleRun, synth_models: dict[str, Path]) -> None:
+    """The session's rpi4 bundle (tests/bundles.py): det + rec through every stage, 14 real photos
+    and one corrupt file in the gallery, --allow-degraded (synthetic weights)."""
     from edge_shitu.bundle import Bundle, sha256_file
     from edge_shitu.gallery_index import GalleryIndex
 
-    gal = _gallery(tmp_path / "g", 14, corrupt=1)
-    board = _board(tmp_path, "rpi4", ["tflite:int8", "tflite:fp32", "nb:arm:int8", "nb:arm:fp32"])
-    out = tmp_path / "bundle"
-    # synthetic weights sit at int8's noise floor: --allow-degraded keeps those artifacts, flagged
-    proc = cli("convert", "--det", str(synth["det"]), "--rec", str(synth["rec"]), "--gallery", str(gal),
-               "--board", str(board), "--allow-degraded", "--calib-images", "6", "--verify-images", "4",
-               "--json", "-o", str(out))
+    proc, out, synth = rpi4_bundle.proc, rpi4_bundle.path, synth_models
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads(proc.stdout)
     assert m == json.loads((out / "manifest.json").read_text(encoding="utf-8"))
@@ -195,12 +130,12 @@ def test_convert_det_rec_arm_bundle(tmp_path: Path, synth: dict[str, Path]) -> N
 
 
 @pytest.mark.integration
-def test_gate_failure_names_stage_and_leaves_nothing(tmp_path: Path, synth: dict[str, Path]) -> None:
+def test_gate_failure_names_stage_and_leaves_nothing(tmp_path: Path, synth_models: dict[str, Path]) -> None:
     gal = _gallery(tmp_path / "g", 8)
     board = _board(tmp_path, "x86-64", ["tflite:int8"])
     out = tmp_path / "bundle"
-    err = _one_line_error(cli("convert", "--rec", str(synth["rec"]), "--gallery", str(gal), "--board", str(board),
-                              "--no-prune", "--calib-images", "4", "--verify-images", "4", "-o", str(out)))
+    err = _one_line_error(cli("convert", "--rec", str(synth_models["rec"]), "--gallery", str(gal), "--board",
+                              str(board), "--no-prune", "--calib-images", "4", "--verify-images", "4", "-o", str(out)))
     assert "tflite-int8" in err and "cosine mean" in err and "< 0.995" in err
     _no_leftovers(out)
 
