@@ -97,12 +97,13 @@ android-libs: $(BUILD)/android/arm64-v8a/libeshamming.so $(BUILD)/android/armeab
 cross: cross-aarch64 cross-armhf android-libs ## every cross target
 
 # ---------------------------------------------------------------- checks
-.PHONY: test test-fast lint demo bench bench-convert clean
+.PHONY: test test-fast lint demo demo-index bench bench-convert bench-pipeline bench-accuracy clean
 lint: ## ruff
 	$(PY) -m ruff check .
 
 DEVICE_TESTS := tests/test_index_format.py tests/test_search.py tests/test_hashing.py tests/test_updates.py \
-  tests/test_native.py tests/test_cli_index.py tests/test_boards.py tests/test_bundle.py tests/test_c_reader.py
+  tests/test_native.py tests/test_cli_index.py tests/test_boards.py tests/test_bundle.py tests/test_c_reader.py \
+  tests/test_pipeline.py
 
 test: setup native-deps ## the whole test suite (numpy 1.26 venv, then the numpy 2 device venv)
 	-$(MAKE) --no-print-directory cross  # cross tests skip, saying why, where this cannot build
@@ -110,7 +111,10 @@ test: setup native-deps ## the whole test suite (numpy 1.26 venv, then the numpy
 	$(PY) -m pytest -q -rs
 	$(PY_DEVICE) -m pytest -q -rs $(DEVICE_TESTS)
 
-demo: setup ## the main job on its built-in default
+demo: setup ## the main job on its built-in default: convert a real extractor, index the gallery, recognize photos
+	$(PY) -m edge_shitu.cli demo-bundle $(if $(GALLERY),--gallery $(GALLERY))
+
+demo-index: setup ## the gallery-index demo alone (real PP-ShiTu embeddings, seconds)
 	$(PY) -m edge_shitu.cli demo
 
 bench: setup ## all benchmarks (tables on stdout, JSON in benchmarks/results/)
@@ -120,6 +124,12 @@ bench: setup ## all benchmarks (tables on stdout, JSON in benchmarks/results/)
 bench-convert: setup ## conversion benchmark only (every artifact vs FP32 Paddle Inference)
 	$(PY) benchmarks/bench_convert.py
 
+bench-pipeline: setup ## shelf photos end to end: FP32 Paddle + float search vs the bundle
+	$(PY) benchmarks/bench_pipeline.py
+
+bench-accuracy: setup ## recall@1 / mAP@5 of every artifact x index type on the drink gallery
+	$(PY) benchmarks/bench_accuracy.py
+
 clean:
 	rm -rf $(BUILD) runtimes/lib
 
@@ -128,7 +138,7 @@ clean:
 # device tests run in it with qemu-user -cpu cortex-a72 (a Pi 4). Root only (mmdebstrap, chroot).
 EMU_ROOT  ?= $(BUILD)/emu/aarch64-bookworm
 EMU_TESTS ?= tests/test_index_format.py tests/test_search.py tests/test_hashing.py tests/test_updates.py \
-  tests/test_cli_index.py tests/test_boards.py tests/test_emu_board.py
+  tests/test_cli_index.py tests/test_boards.py tests/test_emu_board.py tests/test_pipeline.py
 # Too slow under qemu (ITQ fits: BLAS/LAPACK is ~70x slower emulated) or timing-dependent (the
 # SIGKILL test kills writers before an emulated Python has started); seconds and reasons in
 # tests/test_emu_host.py. EMU_DESELECT= runs them all (about 8 min more on an idle 2-core host).

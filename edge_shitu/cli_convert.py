@@ -186,3 +186,34 @@ def register(app: typer.Typer) -> None:
             kw["calib_images"] = load_calib_dir(calib, lambda m: typer.echo(m, err=True))[:8]
         report = synthesize(graph, out, seed=seed, **kw)
         typer.echo(f"wrote {out}: {report}")
+
+    @app.command("demo-bundle")
+    def demo_bundle(
+        gallery: Optional[Path] = typer.Option(None, "--gallery", help="A labelled gallery (class folders, or "
+                                               "'path<TAB>label' lines); default: ../shared/assets/drink/gallery."),
+        out: Path = typer.Option(Path("build/demo"), "--out", "-o", help="Working folder: extractor, bundle, "
+                                 "annotated photos."),
+        board: str = typer.Option("rpi4", help="Board to convert for (its TFLite artifacts)."),
+        hold_out: int = typer.Option(8, min=1, help="Photos held out of the gallery and recognized."),
+        limit: Optional[int] = typer.Option(None, min=10, help="Use only this many gallery photos (quicker)."),
+        json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    ) -> None:
+        """The README demo: convert a real-weights extractor for a board, index a gallery, recognize photos.
+
+        torchvision's ImageNet MobileNetV2 (real weights, installed by 'make setup') is ported to Paddle,
+        converted with 'edge-shitu convert' into a bundle, and 'edge-shitu recognize' then names
+        held-out gallery photos it has never seen. Prints the results and where the annotated images are.
+        """
+        _need_stack()
+        from edge_shitu.assets import DRINK_GALLERY, asset
+        from edge_shitu.converters.demo_bundle import run_demo
+
+        if gallery is None:
+            gallery = asset(*DRINK_GALLERY)
+            if gallery is None:
+                raise EdgeShituError("no gallery: pass --gallery DIR (class folders of product photos, or a folder "
+                                     "with a 'path<TAB>label' labels.txt), or put the shared assets at "
+                                     "../shared/assets (EDGE_SHITU_ASSETS)")
+        if not Path(gallery).is_dir():
+            raise EdgeShituError(f"--gallery {gallery}: not a directory")
+        run_demo(Path(gallery), out, board=board, hold_out=hold_out, limit=limit, json_out=json_out)

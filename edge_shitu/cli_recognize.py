@@ -99,6 +99,7 @@ def recognize(
         save_vis.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     failed: list[str] = []
+    used_names: set[str] = set()
     for f in files:
         try:
             img = load_image(f)
@@ -112,18 +113,33 @@ def recognize(
         if save_vis is not None:
             from edge_shitu.visualize import draw_results
 
-            out = draw_results(img, res.objects, save_vis / f"{f.stem}.jpg", font=font,
+            out = draw_results(img, res.objects, save_vis / _vis_name(f, used_names), font=font,
                                warn=lambda m: _err(f"warning: {m}"))
             entry["visualization"] = str(out)
         results.append(entry)
         if not json_out:
             _print_result(entry)
     if json_out:
-        typer.echo(json.dumps({"bundle": str(bundle), "artifact": pipe.artifact_kind, "images": results,
+        typer.echo(json.dumps({"bundle": str(bundle), "artifact": pipe.artifact_kind,
+                               "kernel": pipe.searcher.index.kernel, "images": results,
                                "failed": failed}, ensure_ascii=False, indent=1))
     if failed:
         _err(f"error: {len(failed)} of {len(files)} image(s) failed: {', '.join(failed)}")
         raise typer.Exit(1)
+
+
+def _vis_name(f: Path, used: set[str]) -> str:
+    """A unique file name per photo: gallery folders reuse names (0.jpg in every class folder)."""
+    name = f"{f.stem}.jpg"
+    parts = [p for p in f.parent.parts if p not in ("/", "")]
+    while name in used and parts:
+        name = f"{parts.pop()}_{name}"
+    n = 1
+    base = name
+    while name in used:
+        name, n = f"{Path(base).stem}-{n}.jpg", n + 1
+    used.add(name)
+    return name
 
 
 def _print_result(entry: dict[str, Any]) -> None:

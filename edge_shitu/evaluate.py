@@ -1,4 +1,10 @@
-"""Retrieval quality measured through the real index code path (used by the demo and benchmarks)."""
+"""Retrieval quality measured through the real index code path (used by the demo and benchmarks).
+
+Leave-one-out over a labelled gallery: every item whose class has at least one other item
+queries the gallery that holds it, minus itself. Metrics: recall@1 (top-1 has the query's
+label) and mAP@k (``AP@k = sum_{i<=k} P@i * rel_i / min(k, R)``, R = the other items of the
+query's class), the two figures PaddleClas reports for retrieval.
+"""
 
 from __future__ import annotations
 
@@ -16,32 +22,58 @@ def loo_queries(labels: Sequence[str]) -> np.ndarray:
     return np.flatnonzero(counts[inv] >= 2)
 
 
-def float_loo_recall(features: np.ndarray, labels: Sequence[str]) -> float:
-    """Cosine brute force (what PaddleClas does with Faiss IndexFlatIP): the reference."""
+def float_loo_topk(features: np.ndarray, labels: Sequence[str], k: int = 5) -> np.ndarray:
+    """Rows of the k nearest OTHER items by cosine (PaddleClas: Faiss IndexFlatIP), per LOO query."""
     x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    s = x @ x.T
-    np.fill_diagonal(s, -np.inf)
+    q = loo_queries(labels)
+    s = x[q] @ x.T
+    s[np.arange(len(q)), q] = -np.inf
+    top = np.argpartition(-s, min(k, s.shape[1] - 1), axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(s, top, 1), axis=1, kind="stable")
+    return np.take_along_axis(top, order, 1)
+
+
+def index_loo_topk(index: GalleryIndex, features: np.ndarray, labels: Sequence[str], k: int = 5,
+                   rerank: int = 0) -> np.ndarray:
+    """Rows of the k nearest OTHER items in the index (the item's own row dropped by id, not by
+    rank: exact duplicates also have distance 0); -1 where fewer exist."""
+    q = loo_queries(labels)
+    ids = index.ids(live_only=False)
+    id_to_row = {int(i): r for r, i in enumerate(ids)}
+    _, rows, _ = index.search_rows(features[q], k=k + 1, rerank=rerank + 1 if rerank else 0)
+    out = np.full((len(q), k), -1, dtype=np.int64)
+    for i, (qi, row_list) in enumerate(zip(q, rows)):
+        own = id_to_row.get(int(ids[qi]), -1)
+        kept = [int(r) for r in row_list if r >= 0 and r != own][:k]
+        out[i, : len(kept)] = kept
+    return out
+
+
+def recall_at_1(top: np.ndarray, labels: Sequence[str]) -> float:
     labs = np.asarray(labels)
     q = loo_queries(labels)
-    return float((labs[s.argmax(1)] == labs)[q].mean())
+    return float(np.mean([top[i, 0] >= 0 and labs[top[i, 0]] == labs[qi] for i, qi in enumerate(q)]))
+
+
+def map_at_k(top: np.ndarray, labels: Sequence[str], k: int = 5) -> float:
+    labs = np.asarray(labels)
+    q = loo_queries(labels)
+    _, inv, counts = np.unique(labs, return_inverse=True, return_counts=True)
+    aps = []
+    for i, qi in enumerate(q):
+        rel = np.array([r >= 0 and labs[r] == labs[qi] for r in top[i, :k]], dtype=np.float64)
+        hits = np.cumsum(rel)
+        precision = hits / np.arange(1, len(rel) + 1)
+        aps.append(float((precision * rel).sum() / min(k, counts[inv[qi]] - 1)))
+    return float(np.mean(aps))
+
+
+def float_loo_recall(features: np.ndarray, labels: Sequence[str]) -> float:
+    """Cosine brute force (what PaddleClas does with Faiss IndexFlatIP): the reference."""
+    return recall_at_1(float_loo_topk(features, labels, 1), labels)
 
 
 def index_loo_recall(index: GalleryIndex, features: np.ndarray, labels: Sequence[str],
                      rerank: int = 0) -> float:
-    """Leave-one-out recall@1: each gallery item queries the index that holds it, minus itself.
-
-    The item's own row is dropped from its result list (it has distance 0 but so may exact
-    duplicates, so we drop by id, not by rank).
-    """
-    labs = np.asarray(labels)
-    q = loo_queries(labels)
-    ids = index.ids(live_only=False)
-    id_to_row = {int(i): r for r, i in enumerate(ids)}
-    # k=2: the item itself plus its nearest neighbour; the shortlist also grows by one for itself.
-    _, rows, _ = index.search_rows(features[q], k=2, rerank=rerank + 1 if rerank else 0)
-    hits = 0
-    for qi, row_list in zip(q, rows):
-        own = id_to_row.get(int(ids[qi]), -1)
-        best = next((int(r) for r in row_list if r >= 0 and r != own), -1)
-        hits += best >= 0 and labs[best] == labs[qi]
-    return hits / len(q)
+    """Leave-one-out recall@1 through the index (see :func:`index_loo_topk`)."""
+    return recall_at_1(index_loo_topk(index, features, labels, 1, rerank), labels)

@@ -64,6 +64,7 @@ class Result:
     detections: np.ndarray  # [K, 6] class, score, x1, y1, x2, y2 after threshold/max_det
     timings_ms: dict[str, float] = field(default_factory=dict)
     image_size: tuple[int, int] = (0, 0)  # (w, h)
+    candidates: list[Recognized] = field(default_factory=list)  # every candidate's top-1, before threshold/NMS
 
     def to_dict(self) -> dict[str, Any]:
         return {"image_size": list(self.image_size), "objects": [o.to_dict() for o in self.objects],
@@ -259,13 +260,12 @@ class Pipeline:
         hits = self.searcher.top1(feats)
         timings["search"] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
-        objs = [Recognized(b, label, score, gid, ds, src)
-                for (b, ds, src), (gid, label, score) in zip(cands, hits)
-                if gid >= 0 and score >= self.settings.rec_score_threshold]
+        every = [Recognized(b, label, score, gid, ds, src) for (b, ds, src), (gid, label, score) in zip(cands, hits)]
+        objs = [o for o in every if o.id >= 0 and o.score >= self.settings.rec_score_threshold]
         objs = nms_recognized(objs, self.settings.rec_nms_iou)
         timings["nms"] = (time.perf_counter() - t0) * 1e3
         timings["total"] = (time.perf_counter() - t_start) * 1e3
-        return Result(objs, dets, timings, (w, h))
+        return Result(objs, dets, timings, (w, h), every)
 
 
 # ----------------------------------------------------------------------------- from a bundle

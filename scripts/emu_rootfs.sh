@@ -24,7 +24,7 @@ MIRROR="${EMU_MIRROR:-http://deb.debian.org/debian}"
 HOST_PY="${HOST_PY:-python3}"
 PYVER="${EMU_PYVER:-3.11}"          # bookworm's python3
 GLIBC_MINOR="${EMU_GLIBC_MINOR:-36}" # bookworm's glibc 2.36: wheels tagged up to manylinux_2_36 run
-PACKAGES="python3,libpython3.11-stdlib,libstdc++6,coreutils,libc-bin${EMU_EXTRA_PACKAGES:+,$EMU_EXTRA_PACKAGES}"
+PACKAGES="python3,libpython3.11-stdlib,libstdc++6,coreutils,libc-bin,fonts-wqy-microhei${EMU_EXTRA_PACKAGES:+,$EMU_EXTRA_PACKAGES}"
 # numpy: the newest 2.x (the device venv's numpy), everything else: the newest aarch64 wheel.
 REQUIREMENTS=("numpy>=2,<3" "pillow" "typer" "rich" "ai-edge-litert" "tflite-runtime" "pytest" "hypothesis")
 # shellcheck disable=SC2206

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Debian packages for the native kernel's cross builds and their qemu tests (idempotent).
+# Debian packages for the native kernel's cross builds and their qemu tests, and a CJK font for
+# annotated results with Chinese labels (idempotent).
 # Needs root (CI and the dev machines run as root); without it, prints what to install.
 set -euo pipefail
 pkgs=(gcc make gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross
-      qemu-user-static clang lld)
+      qemu-user-static clang lld fonts-wqy-microhei)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

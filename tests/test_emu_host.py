@@ -38,7 +38,7 @@ RUN_SH = PROJECT / "scripts" / "emu_run.sh"
 # The device-side tests (Makefile: EMU_TESTS), run inside the emulated board.
 DEVICE_TESTS = ["tests/test_index_format.py", "tests/test_search.py", "tests/test_hashing.py",
                 "tests/test_updates.py", "tests/test_cli_index.py", "tests/test_boards.py",
-                "tests/test_emu_board.py"]
+                "tests/test_emu_board.py", "tests/test_pipeline.py"]
 # Too slow or timing-dependent under qemu (Makefile: EMU_DESELECT). Seconds measured on the
 # 2-core CI machine idle (and under load 5), qemu 7.2 -cpu cortex-a72; BLAS/LAPACK code is ~70x slower
 # emulated than native (an ITQ fit on the 987 drink embeddings: 1.3 s native, 90 s emulated).
@@ -157,3 +157,63 @@ def test_device_tests_pass_on_the_emulated_board_and_match_the_host(board: dict[
               f"{same_top1:.1%}, full top-5 equal: {dev_hi['search'] == host_hi['search']}")
         assert flips <= max(2, total_bits // 2000), f"{flips} of {total_bits} query-code bits differ"
         assert same_top1 >= 0.95
+
+
+def _recognize_json(cmd_prefix: list[str], bundle: str, images: list[str], precision: str,
+                    env: dict[str, str] | None = None) -> dict:
+    r = subprocess.run([*cmd_prefix, "-m", "edge_shitu.cli", "recognize", bundle, *images, "--json",
+                        "--precision", precision], capture_output=True, text=True, timeout=1800, env=env)
+    assert r.returncode == 0, f"recognize failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return json.loads(r.stdout)
+
+
+def test_bundle_recognizes_the_same_on_the_emulated_board(board: dict[str, str], rpi4_bundle: object,
+                                                         tmp_path: Path) -> None:
+    """The rpi4 bundle made on the host (tests/bundles.py), copied to the emulated Pi and run
+    there by the installed package (numpy + ai-edge-litert, no Paddle, no TensorFlow, no OpenCV).
+
+    The host runs the numpy resize too (EDGE_SHITU_RESIZE=numpy), as the board has no OpenCV.
+    FP32 artifacts: the same boxes (within 2 px), labels and gallery ids (scores within 0.02):
+    only float rounding of XNNPACK's x86 vs NEON kernels differs. INT8 artifacts: XNNPACK
+    requantizes differently on x86 and on ARM (1 LSB per layer), and this detector's synthesized
+    weights sit at int8's noise floor (its scores' cosine to FP32 is ~0.87), so its shelf boxes may
+    move; the whole-photo recognition and the number of detections must still agree."""
+    from tests.conftest import require_asset
+
+    xchg = tmp_path / "xchg"
+    xchg.mkdir()
+    bundle = xchg / "bundle"
+    shutil.copytree(rpi4_bundle.path, bundle)  # type: ignore[attr-defined]
+    photos = [next(p for p in sorted(rpi4_bundle.gallery.rglob("*.jpg")) if "broken" not in p.name),  # type: ignore[attr-defined]
+              sorted(require_asset("drink", "test_images").glob("*"))[1]]
+    names = [f"img{i}{p.suffix}" for i, p in enumerate(photos)]
+    for p, n in zip(photos, names):
+        shutil.copy(p, xchg / n)
+    cmd = ["bash", str(RUN_SH), "-v", f"{xchg}:/xchg:rw", "--", "python3"]
+    for precision in ("fp32", "int8"):
+        host = _recognize_json([sys.executable], str(bundle), [str(xchg / n) for n in names], precision,
+                               env={**os.environ, "EDGE_SHITU_RESIZE": "numpy"})
+        dev = _recognize_json(cmd, "/xchg/bundle", [f"/xchg/{n}" for n in names], precision)
+        assert dev["artifact"] == host["artifact"] == f"tflite:{precision}"
+        print(f"\n{precision}: host kernel {host.get('kernel')}, emulated board kernel {dev.get('kernel')}")
+        if (PROJECT / "build" / "aarch64-linux-gnu" / "libeshamming.so").exists():
+            assert str(dev.get("kernel", "")).startswith("native"), dev.get("kernel")
+        for h, d in zip(host["images"], dev["images"]):
+            name = Path(h["image"]).name
+            print(f"{name}: host  {[(o['label'], o['box']) for o in h['objects']]}\n"
+                  f"{'':>{len(name)}}  board {[(o['label'], o['box']) for o in d['objects']]}; "
+                  f"board {d['timings_ms']['total']:.0f} ms (qemu), host {h['timings_ms']['total']:.0f} ms")
+            assert h["image_size"] == d["image_size"]
+            assert len(h["detections"]) == len(d["detections"])
+            whole_h = [(o["label"], o["id"]) for o in h["objects"] if o["source"] == "image"]
+            whole_d = [(o["label"], o["id"]) for o in d["objects"] if o["source"] == "image"]
+            assert whole_h == whole_d
+            if precision != "fp32":
+                continue
+            for a, b in zip(h["detections"], d["detections"]):
+                assert abs(a[1] - b[1]) < 0.02 and max(abs(x - y) for x, y in zip(a[2:], b[2:])) <= 2.0, (a, b)
+            assert [(o["label"], o["id"], o["source"]) for o in h["objects"]] == \
+                [(o["label"], o["id"], o["source"]) for o in d["objects"]]
+            for a, b in zip(h["objects"], d["objects"]):
+                assert max(abs(x - y) for x, y in zip(a["box"], b["box"])) <= 2
+                assert abs(a["score"] - b["score"]) < 0.02

@@ -1,0 +1,190 @@
+"""What pruning, int8 and binary codes do to recognition, measured on real photos.
+
+The ImageNet MobileNetV2 extractor (real torchvision weights, ported to Paddle by
+edge_shitu.converters.mobilenet_v2) goes through the toolchain's own `convert_model` (the code
+`edge-shitu convert` runs): structured pruning under the fidelity budget, PaddleSlim int8 PTQ,
+Paddle Lite .nb (x86, int8) and TFLite fp32/fp16/int8. Every model then embeds the whole drink
+gallery (1068 photos, 212 classes) through the runtime's own backends and preprocessing, and
+leave-one-out retrieval (queries: photos whose class has >= 2 images) is scored with float
+cosine search and with the binary index (sign, learned 256 and 128 bits, with and without
+re-ranking) built by `GalleryIndex.build`, as a bundle's index is.
+
+    .venv/bin/python benchmarks/bench_accuracy.py            # ~25 min on 2 cores, cached per step
+    .venv/bin/python benchmarks/bench_accuracy.py --quick    # 300 photos, no pruning
+
+Prints one table, writes benchmarks/results/bench_accuracy.{json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edge_shitu.assets import asset  # noqa: E402
+
+CACHE = ROOT / "benchmarks" / ".cache" / "accuracy"
+INDEXES = [("float", None, None, 0), ("sign", "sign", None, 0), ("sign+rerank50", "sign", None, 50),
+           ("itq-256", "itq", 256, 0), ("itq-256+rerank50", "itq", 256, 50),
+           ("itq-128", "itq", 128, 0), ("itq-128+rerank50", "itq", 128, 50)]
+
+
+def gallery_items(gallery: Path, quick: bool) -> tuple[list[Path], list[str]]:
+    from edge_shitu.gallery import read_gallery
+
+    g = read_gallery(gallery, gallery / "drink_label_all.txt" if (gallery / "drink_label_all.txt").exists()
+                     else None)
+    items = list(g.items)
+    if quick:
+        items = items[::3][:300]
+    return [it.path for it in items], [it.label for it in items]
+
+
+def convert(rec: Path, photos: list[np.ndarray], prune: bool) -> dict[str, Path]:
+    """The toolchain's convert_model on the extractor: every artifact kind, degraded ones kept."""
+    from edge_shitu.converters.convert import ConvertOptions, convert_model, split_images
+
+    out, work = CACHE / "artifacts", CACHE / "work"
+    done = CACHE / "artifacts.json"
+    if done.exists():
+        return {k: Path(v) for k, v in json.loads(done.read_text()).items()}
+    calib, verify = split_images(photos, 32, 16)
+    opts = ConvertOptions(prune=prune, allow_degraded=True, work_dir=work, latency_threads=(1,), latency_runs=3)
+    res = convert_model(rec, "rec", calib, verify, ["nb:x86:int8", "tflite:fp32", "tflite:fp16", "tflite:int8"],
+                        out, work, opts, lambda m: print(f"convert: {m}", file=sys.stderr))
+    models: dict[str, Path] = {"paddle:fp32": rec}
+    if prune and (work / "rec_pruned").exists():
+        models["paddle:fp32 pruned"] = work / "rec_pruned"
+    models["paddle:int8 (PTQ)"] = work / "rec_int8"
+    models.update(res.runnable)
+    info = {e["kind"]: {"pruned": e.get("pruned"), "fidelity": e.get("fidelity", {}).get("cosine_mean")}
+            for e in res.entries}
+    (CACHE / "conversion.json").write_text(json.dumps({"entries": info, "pruning": res.pruning}, indent=1))
+    done.write_text(json.dumps({k: str(v) for k, v in models.items()}))
+    return models
+
+
+def embed_all(name: str, path: Path, paths: list[Path], pre: Any, threads: int) -> np.ndarray:
+    from edge_shitu.preprocess import load_image
+    from edge_shitu.runtimes.backend import open_backend
+
+    safe = name.replace(":", "_").replace(" ", "_").replace("(", "").replace(")", "")
+    cache = CACHE / f"feats_{safe}_{len(paths)}.npy"
+    if cache.exists():
+        return np.load(cache)
+    kind = "paddle" if name.startswith("paddle") else None
+    be = open_backend(path, kind, threads)
+    t0 = time.perf_counter()
+    feats = np.stack([np.asarray(be.run({be.inputs[0].name: pre(load_image(p))})[0], np.float32).reshape(-1)
+                      for p in paths])
+    print(f"embedded {len(paths)} photos with {name} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    np.save(cache, feats)
+    return feats
+
+
+def score(feats: np.ndarray, labels: list[str]) -> dict[str, dict[str, float]]:
+    from edge_shitu.evaluate import float_loo_topk, index_loo_topk, map_at_k, recall_at_1
+    from edge_shitu.gallery_index import GalleryIndex
+
+    out: dict[str, dict[str, float]] = {}
+    built: dict[tuple[str, int | None], Any] = {}
+    for name, method, bits, rerank in INDEXES:
+        if method is None:
+            top = float_loo_topk(feats, labels, 5)
+        else:
+            key = (method, bits)
+            if key not in built:
+                built[key] = GalleryIndex.build(feats, labels, bits=bits, method=method, score_table=False)
+            top = index_loo_topk(built[key], feats, labels, 5, rerank)
+        out[name] = {"recall@1": recall_at_1(top, labels), "mAP@5": map_at_k(top, labels, 5)}
+    return out
+
+
+def chart(rows: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(rows)
+    kinds = [n for n, *_ in INDEXES]
+    fig, ax = plt.subplots(figsize=(12, 5))
+    w = 0.8 / len(kinds)
+    for j, k in enumerate(kinds):
+        ax.bar(np.arange(len(models)) + j * w, [rows[m][k]["recall@1"] for m in models], w, label=k)
+    ax.set_xticks(np.arange(len(models)) + 0.4 - w / 2)
+    ax.set_xticklabels(models, rotation=15, fontsize=8)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel("leave-one-out recall@1")
+    ax.set_title("MobileNetV2 (real weights) on the drink gallery: artifacts x search")
+    ax.legend(fontsize=7, ncol=4, loc="lower center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gallery", type=Path, help="labelled gallery (default: ../shared/assets drink gallery)")
+    ap.add_argument("--quick", action="store_true", help="300 photos, no pruning (a smoke run)")
+    ap.add_argument("--no-prune", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_accuracy.json")
+    args = ap.parse_args()
+
+    from edge_shitu.converters import mobilenet_v2
+    from edge_shitu.preprocess import RecPreprocess, load_image
+
+    gallery = args.gallery or asset("drink", "gallery")
+    if gallery is None:
+        raise SystemExit("no gallery: pass --gallery DIR (or put ../shared/assets beside the project)")
+    global CACHE
+    if args.quick:
+        CACHE = CACHE.parent / "accuracy-quick"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    rec = CACHE / "mnv2"
+    if not (rec / "inference.pdiparams").exists():
+        mobilenet_v2.export_extractor(None, rec)
+    paths, labels = gallery_items(gallery, args.quick)
+    pre = RecPreprocess.from_dict(json.loads((rec / "preprocess.json").read_text())["preprocess"])
+    calib_photos = [load_image(p) for p in paths[:: max(1, len(paths) // 48)][:48]]
+    models = convert(rec, calib_photos, prune=not (args.quick or args.no_prune))
+    rows: dict[str, dict[str, dict[str, float]]] = {}
+    for name, path in models.items():
+        rows[name] = score(embed_all(name, path, paths, pre, args.threads), labels)
+
+    kinds = [n for n, *_ in INDEXES]
+    print(f"\nleave-one-out on {len(paths)} photos, {len(set(labels))} classes: recall@1 / mAP@5")
+    print(f"{'model':<22}" + "".join(f"{k:>19}" for k in kinds))
+    for m, r in rows.items():
+        print(f"{m:<22}" + "".join(f"{r[k]['recall@1']:>10.4f} /{r[k]['mAP@5']:.4f}" for k in kinds))
+    base = rows["paddle:fp32"]["float"]["recall@1"]
+    target = {}
+    if "tflite:int8" in rows:
+        r = rows["tflite:int8"]
+        target = {"fp32_float_recall@1": base, "int8_itq256_recall@1": r["itq-256"]["recall@1"],
+                  "int8_itq256_rerank_recall@1": r["itq-256+rerank50"]["recall@1"],
+                  "drop_points": round(100 * (base - r["itq-256"]["recall@1"]), 2),
+                  "drop_points_rerank": round(100 * (base - r["itq-256+rerank50"]["recall@1"]), 2)}
+        print(f"\nint8 TFLite + learned 256-bit index: {target['drop_points']:.2f} points below FP32 float search "
+              f"(target <= 1.5), {target['drop_points_rerank']:.2f} with re-ranking (target <= 0.5)")
+    conv = json.loads((CACHE / "conversion.json").read_text()) if (CACHE / "conversion.json").exists() else {}
+    result = {"photos": len(paths), "classes": len(set(labels)), "queries": "classes with >= 2 photos",
+              "extractor": "torchvision MobileNetV2 ImageNet, GeM p=3, letterbox 320", "rows": rows,
+              "targets": target, "conversion": conv}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+    chart(rows, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
