@@ -116,7 +116,7 @@ def chart(rows: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
 
     models = list(rows)
     kinds = [n for n, *_ in INDEXES]
-    fig, ax = plt.subplots(figsize=(12, 5))
+    fig, ax = plt.subplots(figsize=(13, 5))
     w = 0.8 / len(kinds)
     for j, k in enumerate(kinds):
         ax.bar(np.arange(len(models)) + j * w, [rows[m][k]["recall@1"] for m in models], w, label=k)
@@ -125,7 +125,7 @@ def chart(rows: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
     ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("leave-one-out recall@1")
     ax.set_title("MobileNetV2 (real weights) on the drink gallery: artifacts x search")
-    ax.legend(fontsize=7, ncol=4, loc="lower center")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

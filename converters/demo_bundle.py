@@ -45,8 +45,8 @@ def split_gallery(gallery: Path, work: Path, hold_out: int,
                   limit: Optional[int]) -> tuple[Path, list[tuple[Path, str]]]:
     """A gallery folder of links minus ``hold_out`` photos, and those photos with their labels."""
     rows = _label_lines(gallery)
-    if limit:
-        rows = rows[:: max(1, len(rows) // limit)][:limit]
+    if limit:  # the first photos: whole classes, so that some have 3 or more
+        rows = rows[:limit]
     by_class: dict[str, list[str]] = {}
     for rel, lab in rows:
         by_class.setdefault(lab, []).append(rel)

@@ -213,3 +213,27 @@ def test_convert_model_v2_extractor_every_stage(tmp_path: Path) -> None:
                               str(gal), "-o", str(tmp_path / "x")))
     assert "detector" in err
     _no_leftovers(tmp_path / "x")
+
+
+@pytest.mark.integration
+def test_readme_demo_recognizes_held_out_photos(tmp_path: Path) -> None:
+    """`make demo` = `edge-shitu demo-bundle`, here on the first 60 gallery photos: the real-weights
+    extractor converted through the CLI, held-out photos recognized by the device runtime."""
+    pytest.importorskip("paddleslim")
+    from edge_shitu.converters import mobilenet_v2
+
+    try:
+        mobilenet_v2.find_weights()
+    except Exception as e:
+        pytest.skip(f"MobileNetV2 weights not installed ({e})")
+    require_asset("drink", "gallery")
+    proc = cli("demo-bundle", "--limit", "60", "--hold-out", "4", "--out", str(tmp_path / "demo"), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert set(s["artifacts"]) == {"tflite:int8", "tflite:fp32"} and s["gallery_items"] == 56
+    assert len(s["held_out"]) == 4 and s["correct"] >= 2, s["held_out"]
+    for r in s["held_out"]:
+        assert Path(r["visualization"]).is_file() and r["ms"] > 0
+    print(f"\ndemo: {s['correct']}/4 held-out photos recognized, {s['seconds']} s")
+    err = cli("demo-bundle", "--gallery", str(tmp_path / "nowhere"), "--out", str(tmp_path / "d2"))
+    assert err.returncode == 2 and "--gallery" in err.stderr

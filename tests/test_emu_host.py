@@ -190,10 +190,11 @@ def test_bundle_recognizes_the_same_on_the_emulated_board(board: dict[str, str],
     for p, n in zip(photos, names):
         shutil.copy(p, xchg / n)
     cmd = ["bash", str(RUN_SH), "-v", f"{xchg}:/xchg:rw", "--", "python3"]
-    for precision in ("fp32", "int8"):
-        host = _recognize_json([sys.executable], str(bundle), [str(xchg / n) for n in names], precision,
+    # fp32 on the shelf photo only: fp32 XNNPACK under qemu takes ~100 s per photo (int8: ~18 s)
+    for precision, imgs in (("fp32", names[1:]), ("int8", names)):
+        host = _recognize_json([sys.executable], str(bundle), [str(xchg / n) for n in imgs], precision,
                                env={**os.environ, "EDGE_SHITU_RESIZE": "numpy"})
-        dev = _recognize_json(cmd, "/xchg/bundle", [f"/xchg/{n}" for n in names], precision)
+        dev = _recognize_json(cmd, "/xchg/bundle", [f"/xchg/{n}" for n in imgs], precision)
         assert dev["artifact"] == host["artifact"] == f"tflite:{precision}"
         print(f"\n{precision}: host kernel {host.get('kernel')}, emulated board kernel {dev.get('kernel')}")
         if (PROJECT / "build" / "aarch64-linux-gnu" / "libeshamming.so").exists():

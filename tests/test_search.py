@@ -91,6 +91,18 @@ def test_rerank_orders_shortlist_by_asymmetric_score() -> None:
     assert all(set(rows[i]) <= set(short[i]) for i in range(5))
 
 
+def test_rerank_projection_is_what_the_codes_are_signs_of() -> None:
+    """Re-ranking scores the centred projection whose signs ARE the codes; an uncentred one adds
+    a per-item bias (mean @ P . b) that, for all-positive features (ReLU/GeM extractors, large
+    mean), made re-ranking worse than plain Hamming."""
+    x, labels = _clustered()
+    x = np.abs(x) + 0.5  # all positive, far from the origin
+    idx = GalleryIndex.build(x, labels, bits=64)
+    p = idx.hasher.project(x)
+    assert np.array_equal(np.packbits(p > 0, axis=1), idx.hasher.encode(x))
+    assert index_loo_recall(idx, x, labels, rerank=30) >= index_loo_recall(idx, x, labels)
+
+
 def test_query_errors() -> None:
     x, labels = _clustered()
     idx = GalleryIndex.build(x, labels, bits=64)
