@@ -143,6 +143,7 @@ EMU_TESTS ?= tests/test_index_format.py tests/test_search.py tests/test_hashing.
 # SIGKILL test kills writers before an emulated Python has started); seconds and reasons in
 # tests/test_emu_host.py. EMU_DESELECT= runs them all (about 8 min more on an idle 2-core host).
 EMU_DESELECT ?= tests/test_cli_index.py::test_paddleclas_label_file_on_real_embeddings \
+  tests/test_pipeline.py::test_hamming_scores_track_the_float_cosine_on_real_embeddings \
   tests/test_search.py::test_recall_on_real_ppshitu_embeddings \
   tests/test_hashing.py::test_itq_bits_are_balanced_on_real_embeddings \
   tests/test_hashing.py::test_query_code_equals_gallery_code_for_same_vector \

@@ -47,6 +47,8 @@ TOO_SLOW_EMULATED = {
         "79 s (210 s loaded): ITQ fit of 987x512 in a CLI run",
     "tests/test_search.py::test_recall_on_real_ppshitu_embeddings":
         "73 s (185 s loaded): ITQ fits on the real embeddings",
+    "tests/test_pipeline.py::test_hamming_scores_track_the_float_cosine_on_real_embeddings":
+        "4 ITQ fits of 494x512 real embeddings (~3 min emulated)",
     "tests/test_hashing.py::test_itq_bits_are_balanced_on_real_embeddings":
         "80 s (173 s loaded): ITQ fit on the real embeddings",
     "tests/test_hashing.py::test_query_code_equals_gallery_code_for_same_vector":
