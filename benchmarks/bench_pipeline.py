@@ -101,7 +101,6 @@ def cli_start_seconds(runs: int = 5) -> float:
 def reference_pipeline(bundle: Any, det_dir: Path | None, rec_dir: Path, gallery_root: Path,
                        threads: int) -> tuple[Any, float]:
     """(a): Paddle Inference FP32 + float search over FP32 gallery features (cached)."""
-    from edge_shitu.detection import PicoDetHead  # noqa: F401  (same module the bundle uses)
     from edge_shitu.gallery_index import GalleryIndex
     from edge_shitu.pipeline import Detector, FloatSearcher, Pipeline, Settings
     from edge_shitu.preprocess import DetPreprocess, RecPreprocess, load_image

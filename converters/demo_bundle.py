@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -57,8 +58,6 @@ def split_gallery(gallery: Path, work: Path, hold_out: int,
     held = {by_class[lab][0] for lab in rich[::step][:hold_out]}
     g = work / "gallery"
     if g.exists():
-        import shutil
-
         shutil.rmtree(g)
     g.mkdir(parents=True)
     kept = []
@@ -92,8 +91,6 @@ def run_demo(gallery: Path, out: Path, board: str = "rpi4", hold_out: int = 8, l
     gal, held = split_gallery(gallery, out, hold_out, limit)
     bundle = out / f"bundle_{b['name']}"
     if bundle.exists():
-        import shutil
-
         shutil.rmtree(bundle)
     print(f"demo: converting for {b['name']} ({', '.join(tfl)}); gallery {gal} minus {len(held)} held-out photos",
           file=sys.stderr)

@@ -272,14 +272,11 @@ def main_object_box(pipe: Any, img: Any) -> Optional[tuple[int, int, int, int]]:
     """The best detection above the detector threshold (integer box), or None for the whole photo."""
     if pipe.detector is None:
         return None
-    dets = pipe.detect(img, {})
+    from edge_shitu.pipeline import crop_boxes
+
     h, w = img.shape[:2]
-    for row in dets:
-        x1, y1 = max(0, int(row[2])), max(0, int(row[3]))
-        x2, y2 = min(w, int(row[4])), min(h, int(row[5]))
-        if x2 - x1 >= 8 and y2 - y1 >= 8:
-            return x1, y1, x2, y2
-    return None
+    boxes = crop_boxes(pipe.detect(img, {}), w, h, min_side=8)
+    return tuple(boxes[0][0]) if boxes else None  # type: ignore[return-value]
 
 
 @gallery_app.command("remove")

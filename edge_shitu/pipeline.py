@@ -152,8 +152,8 @@ class Settings:
 
     @classmethod
     def from_runtime(cls, rt: Mapping[str, Any], **override: Any) -> Settings:
-        s = cls(**{k: rt[k] for k in ("det_threshold", "max_det", "rec_score_threshold", "rec_nms_iou", "top_k")
-                   if k in rt})
+        s = cls(**{k: rt[k] for k in ("det_threshold", "max_det", "rec_score_threshold", "rec_nms_iou", "top_k",
+                                      "rerank") if k in rt})
         for k, v in override.items():
             if v is not None:
                 setattr(s, k, v)
@@ -191,6 +191,18 @@ def _boxes_and_scores(outs: Sequence[np.ndarray], num_classes: int) -> tuple[np.
         raise EdgeShituError(f"detector outputs {[a.shape for a in arrs]} are not boxes [1,N,4] + scores "
                              f"[1,N,{num_classes}]; rebuild the bundle")
     return boxes, scores
+
+
+def crop_boxes(dets: np.ndarray, w: int, h: int, min_side: int = 2) -> list[tuple[list[int], float]]:
+    """Detections as integer crop boxes inside a w x h photo (PaddleClas truncates:
+    ``bbox.astype("int")``), with their scores; boxes thinner than ``min_side`` are dropped."""
+    out = []
+    for row in dets:
+        x1, y1, x2, y2 = (int(v) for v in row[2:6])
+        x1, y1, x2, y2 = max(0, x1), max(0, y1), min(w, x2), min(h, y2)
+        if x2 - x1 >= min_side and y2 - y1 >= min_side:
+            out.append(([x1, y1, x2, y2], float(row[1])))
+    return out
 
 
 class Pipeline:
@@ -246,13 +258,8 @@ class Pipeline:
         t_start = time.perf_counter()
         h, w = img.shape[:2]
         dets = self.detect(img, timings)
-        cands: list[tuple[list[int], Optional[float], str]] = []
-        for row in dets:
-            x1, y1, x2, y2 = (int(v) for v in row[2:6])  # PaddleClas: bbox.astype("int")
-            x1, y1 = max(0, x1), max(0, y1)
-            x2, y2 = min(w, x2), min(h, y2)
-            if x2 - x1 >= 2 and y2 - y1 >= 2:
-                cands.append(([x1, y1, x2, y2], float(row[1]), "det"))
+        cands: list[tuple[list[int], Optional[float], str]] = [
+            (box, score, "det") for box, score in crop_boxes(dets, w, h)]
         cands.append(([0, 0, w, h], None, "image"))
         crops = [img[b[1]:b[3], b[0]:b[2]] for b, _, _ in cands]
         feats = self.embed(crops, timings)
@@ -269,6 +276,11 @@ class Pipeline:
 
 
 # ----------------------------------------------------------------------------- from a bundle
+# platform.machine() names per native build target (board configs' "native")
+_TARGET_MACHINES = {"aarch64-linux-gnu": ("aarch64", "arm64"), "arm-linux-gnueabihf": ("armv7l", "armv8l"),
+                    "x86_64-linux-gnu": ("x86_64", "amd64")}
+
+
 def default_artifact_kind(backend: str, precision: str) -> str:
     """The artifact a runtime backend loads: TFLite by precision; ``.nb`` for this CPU's family."""
     import platform
@@ -276,8 +288,9 @@ def default_artifact_kind(backend: str, precision: str) -> str:
     if backend == "tflite":
         return f"tflite:{precision}"
     if backend == "nb":
-        arch = "arm" if platform.machine().lower() in ("aarch64", "arm64", "armv7l", "armv8l") else "x86"
-        return f"nb:{arch}:{precision}"
+        machine = platform.machine().lower()
+        arm = machine in _TARGET_MACHINES["aarch64-linux-gnu"] + _TARGET_MACHINES["arm-linux-gnueabihf"]
+        return f"nb:{'arm' if arm else 'x86'}:{precision}"
     raise EdgeShituError(f"unknown backend {backend!r}: use tflite or nb")
 
 
@@ -311,20 +324,12 @@ def open_pipeline(bundle_dir: str | Path, *, backend: Optional[str] = None, prec
             else None
         detector = Detector(open_backend(det_art.path, fmt, threads), det_pre, head)
     _use_bundle_kernel(b, kernel)
-    index = GalleryIndex.open(b.index_path)
-    rerank = settings.pop("rerank", None)
-    searcher = HammingSearcher(index, k=int(settings.get("top_k") or rt.get("top_k", 5)),
-                               rerank=int(b.manifest["index"].get("rerank", 0) if rerank is None else rerank))
-    s = Settings.from_runtime(rt, **settings)
-    s.rerank = searcher.rerank
+    s = Settings.from_runtime({**rt, "rerank": b.manifest["index"].get("rerank", 0)}, **settings)
+    searcher = HammingSearcher(GalleryIndex.open(b.index_path), k=int(s.top_k), rerank=int(s.rerank))
     pipe = Pipeline(rec_backend, rec_pre, searcher, detector=detector, settings=s)
     pipe.bundle = b  # type: ignore[attr-defined]
     pipe.artifact_kind = kind if not det_precision else f"{kind} (det {det_precision})"  # type: ignore[attr-defined]
     return pipe
-
-
-_TARGET_MACHINES = {"aarch64-linux-gnu": ("aarch64", "arm64"), "arm-linux-gnueabihf": ("armv7l", "armv8l"),
-                    "x86_64-linux-gnu": ("x86_64", "amd64")}
 
 
 def _use_bundle_kernel(b: Any, kernel: Optional[str]) -> None:
