@@ -50,6 +50,11 @@ class ConvertOptions:
     latency_threads: tuple[int, ...] = (1, 2)
     latency_runs: int = 15
     bits: int | None = None
+    # "reference": the gallery index holds FP32 Paddle features (the workstation's best view of the
+    # gallery; the device's int8 queries then carry the only quantization noise: measured 0.3-1
+    # recall point better with a 256-bit index than both sides int8, bench_accuracy).
+    # "artifact": embedded by the board's primary artifact, exactly as `gallery add` on the device.
+    gallery_features: str = "reference"
     work_dir: Path | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -166,8 +171,8 @@ def _gate(art: Any, precision: str, stage: str, opts: ConvertOptions) -> dict[st
     return fid
 
 
-DETAIL_KEYS = ("int8_mode", "converter", "calibration_samples", "head", "cut_before_nms", "verified_by", "route",
-               "x86_twin_fidelity", "program_fixes")
+DETAIL_KEYS = ("int8_mode", "float_ops", "converter", "calibration_samples", "head", "cut_before_nms", "verified_by",
+               "route", "x86_twin_fidelity", "program_fixes")
 
 
 def _details(art: Any) -> dict[str, Any]:
@@ -279,6 +284,8 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
         extra_kw: dict[str, Any] = {}
         if kind == "det":
             extra_kw = {"detector_head": onnx.details.get("head")}  # the FP32 program is cut to match
+        else:
+            extra_kw = {"float_pooling": True}
         arts = export_tflite.to_tflite(onnx.path, out_dir, name=kind, precisions=tfl, calibration=calib_arr,
                                        verify_feeds=verify, reference=model_dir, thresholds=None if
                                        thresholds is None else {p: thresholds for p in tfl}, **extra_kw)
@@ -433,30 +440,29 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
         models["rec"] = rec = convert_model(Path(rec_dir), "rec", calib_imgs, verify_imgs, board.artifacts,
                                             root / "rec", work, opts, say)
         pre = rec_preprocess_for(Path(rec_dir))
-        # ---- the gallery, embedded by the artifact the device will run (where the host can run it)
+        # ---- the gallery: FP32 reference features (default) or the device's primary artifact's
         say(f"gallery: FP32 reference features of {len(images)} photos")
         ref_feats = embed(None, None, Path(rec_dir), pre, images)
         primary = f"tflite:{board.precision}" if board.backend == "tflite" else f"nb:x86:{board.precision}"
-        gallery_art = rec.runnable.get(primary) or next(iter(rec.runnable.values()), None)
+        primary_art = rec.runnable.get(primary) or next(iter(rec.runnable.values()), None)
         rows = spread_rows(len(images), opts.n_agree)
-        if gallery_art is not None:
-            say(f"gallery: embedding {len(images)} photos with {gallery_art.name}")
-            feats = embed(gallery_art, None, Path(rec_dir), pre, images)
-        else:
-            feats = ref_feats
+        feats, embedded_by = ref_feats, "paddle:fp32 reference"
+        if opts.gallery_features == "artifact" and primary_art is not None:
+            say(f"gallery: embedding {len(images)} photos with {primary_art.name}")
+            feats, embedded_by = embed(primary_art, None, Path(rec_dir), pre, images), primary_art.name
         for entry in rec.entries:  # top-1 gallery-neighbour agreement of every runnable artifact
             path = rec.runnable.get(entry["kind"])
             if path is None:
                 continue
             say(f"rec: top-1 neighbour agreement of {entry['kind']} on {len(rows)} gallery photos")
-            art = feats[rows] if path == gallery_art else embed(path, None, Path(rec_dir), pre,
-                                                                 [images[i] for i in rows])
+            art = feats[rows] if embedded_by == path.name else embed(path, None, Path(rec_dir), pre,
+                                                                     [images[i] for i in rows])
             _gate_agreement(entry, ref_feats[rows], art, opts)
         bits = opts.bits or int(board.index.get("bits", 256))
         method = board.index.get("method", "itq")
         sources = [str(it.path.relative_to(gallery.root)) for it, _ in decoded]
         index = GalleryIndex.build(feats, [it.label for it, _ in decoded], bits=bits, method=method,
-                                   meta={"extractor_artifact": gallery_art.name if gallery_art else "paddle:fp32",
+                                   meta={"extractor_artifact": embedded_by,
                                          "source_images": sources})
         index.save(root / "gallery.esidx")
         lib = _native_lib(board)

@@ -16,6 +16,11 @@ Every onnx2tf trap from ../shared/notes/toolchain-facts.md is handled here:
   of the user's preprocessed images and ``TFLITE_BUILTINS_INT8``: FULL-INTEGER ops, FLOAT32
   input and output (quantize/dequantize at the edges). Never quantize from PaddleSlim's QDQ
   ONNX (onnx2tf turns it into garbage): the input here must be the fp32 (or pruned) ONNX.
+- an extractor's global pooling block (GeM's clamp and cube, the mean) stays FLOAT in int8: the
+  cube of an int8 activation, requantized at the scale its largest value needs, sends most values
+  to zero, and the pooled feature IS the output (MobileNetV2 + GeM: cosine 0.972 -> 0.981). The
+  block has no weights, so size is unchanged and speed is not worse (TF's QuantizationDebugger
+  with ``denylisted_nodes``; see ``pooling_block``).
 - onnx2tf/TF keep global state between conversions and take seconds to import: the whole
   conversion runs in one child process per ONNX file.
 """
@@ -95,22 +100,75 @@ def _worker(job: dict[str, Any]) -> None:
             for i in range(n):
                 yield {s: calib[k][i:i + 1].astype(np.float32) for s, k in mapping.items()}
 
-        conv = tf.lite.TFLiteConverter.from_saved_model(str(work / "saved_model"))
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = representative_dataset
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        def converter(ops: list[Any]) -> Any:
+            c = tf.lite.TFLiteConverter.from_saved_model(str(work / "saved_model"))
+            c.optimizations = [tf.lite.Optimize.DEFAULT]
+            c.representative_dataset = representative_dataset
+            c.target_spec.supported_ops = ops
+            return c
+
+        ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         try:
-            data = conv.convert()
+            data = converter(ops).convert()
             result["int8_mode"] = "full-integer ops, float32 input/output"
         except Exception as e:  # an op with no int8 kernel: keep it float, say so
-            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                                              tf.lite.OpsSet.TFLITE_BUILTINS]
-            data = conv.convert()
+            ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+            data = converter(ops).convert()
             result["int8_mode"] = f"int8 ops with float fallback ({type(e).__name__}), float32 input/output"
+        if job.get("float_pooling"):
+            block = pooling_block(_op_list(data))
+            if block:
+                options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=[n for _, n in block])
+                debugger = tf.lite.experimental.QuantizationDebugger(
+                    converter=converter(ops), debug_dataset=representative_dataset, debug_options=options)
+                data = debugger.get_nondebug_quantized_model()
+                result["int8_mode"] += f"; global pooling block kept float ({', '.join(o for o, _ in block)})"
+                result["float_ops"] = [o for o, _ in block]
         out = work / "model_int8.tflite"
         out.write_bytes(data)
         result["int8"] = str(out)
     (work / "result.json").write_text(json.dumps(result))
+
+
+def _op_list(model: bytes) -> list[tuple[str, str, list[int], list[list[int]]]]:
+    """(op, output tensor name, output shape, input shapes) per op of a TFLite model, in order."""
+    import tensorflow as tf
+
+    interp = tf.lite.Interpreter(model_content=model)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    out = []
+    for op in interp._get_ops_details():  # no public API lists a model's ops with their tensors
+        outs = [tensors[i] for i in op["outputs"] if i >= 0]
+        ins = [list(tensors[i]["shape"]) for i in op["inputs"] if i >= 0 and i in tensors]
+        if outs:
+            out.append((op["op_name"], outs[0]["name"], list(outs[0]["shape"]), ins))
+    return out
+
+
+SPATIAL_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
+POOL_OPS = {"MEAN", "AVERAGE_POOL_2D", "SUM", "REDUCE_MAX", "MAX_POOL_2D"}
+
+
+def pooling_block(ops: Sequence[tuple[str, str, list[int], list[list[int]]]]) -> list[tuple[str, str]]:
+    """The ops of the LAST global pooling and the weightless ops feeding it after the last conv.
+
+    Global pooling: a pooling/reduction whose input is NHWC with H*W > 1 and whose output has
+    no spatial extent left (2-D, or H = W = 1). For GeM that is clamp, x*x, x*x*x and the mean;
+    for average pooling the mean alone. Empty when there is none (a detector, a flatten head).
+    """
+    def spatial(shape: list[int]) -> bool:
+        return len(shape) == 4 and shape[1] * shape[2] > 1
+
+    pool = None
+    for i, (op, _, shape, ins) in enumerate(ops):
+        if op in POOL_OPS and ins and spatial(ins[0]) and not spatial(shape):
+            pool = i
+    if pool is None:
+        return []
+    start = pool
+    while start > 0 and ops[start - 1][0] not in SPATIAL_OPS | POOL_OPS | {"QUANTIZE", "DEQUANTIZE"}:
+        start -= 1
+    return [(op, name) for op, name, _, _ in ops[start:pool + 1] if op not in ("QUANTIZE", "DEQUANTIZE")]
 
 
 def _env_with_tools() -> dict[str, str]:
@@ -164,6 +222,7 @@ def to_tflite(
     detector_head: Optional[Union[PicoDetHead, Mapping[str, Any]]] = None,
     cut_reference: Optional[str | os.PathLike[str]] = None,
     replace_hardswish: bool = True,
+    float_pooling: bool = False,
     on_fail: str = "raise",
 ) -> dict[str, Artifact]:
     """Convert an fp32 ONNX file to ``out_dir/{name}_{fp32,fp16,int8}.tflite``.
@@ -175,6 +234,7 @@ def to_tflite(
     fp16 >= 0.999, int8 mean >= 0.995) before being renamed into place. A detector cut before
     NMS passes ``detector_head`` (``Artifact.details["head"]`` of the ONNX export) and
     ``cut_reference`` (the pruned Paddle program; built again when omitted).
+    ``float_pooling`` (extractors): int8 keeps the global pooling block float (``pooling_block``).
     Returns {precision: Artifact}. ``on_fail="raise"`` (default) writes nothing when any
     precision misses its gate; ``"skip"`` writes the ones that pass and returns the others with
     ``path=""`` and ``details["rejected"]`` (so a pipeline can fall back, e.g. to fp32).
@@ -221,7 +281,7 @@ def to_tflite(
                 np.save(f, v)
                 calib_files[k] = str(f)
         job = {"work": str(work), "onnx": str(copy), "precisions": list(precisions), "calib": calib_files,
-               "rtpo": ["hardswish"] if replace_hardswish else []}
+               "rtpo": ["hardswish"] if replace_hardswish else [], "float_pooling": float_pooling}
         cmd = [sys.executable, "-m", "edge_shitu.converters.export_tflite", "--worker", json.dumps(job)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CONVERT_TIMEOUT_S,
@@ -284,6 +344,8 @@ def to_tflite(
             if p == "int8":
                 details["int8_mode"] = produced.get("int8_mode", "")
                 details["calibration_samples"] = n_calib
+                if produced.get("float_ops"):
+                    details["float_ops"] = produced["float_ops"]
             if head is not None:
                 details["cut_before_nms"] = True
                 details["head"] = head.to_dict()

@@ -87,6 +87,10 @@ def register(app: typer.Typer) -> None:
                                           "artifact is compared with the FP32 reference on."),
         agree_images: int = typer.Option(400, "--agree-images", min=2, help="How many gallery photos the top-1 "
                                          "neighbour agreement of each extractor artifact is measured on."),
+        gallery_features: str = typer.Option(
+            "reference", "--gallery-features", help="What embeds the gallery index: 'reference' (FP32 Paddle on "
+            "this machine: the cleanest gallery, the device's queries carry the only quantization noise) or "
+            "'artifact' (the board's primary artifact, as 'gallery add' on the device does)."),
         json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
     ) -> None:
         """Prune, int8-quantize, export and verify the models; embed the gallery; write one bundle.
@@ -97,13 +101,15 @@ def register(app: typer.Typer) -> None:
         from edge_shitu.boards import load_board
 
         load_board(board)  # a wrong board name fails before anything heavy
+        if gallery_features not in ("reference", "artifact"):
+            raise EdgeShituError(f"--gallery-features {gallery_features}: use 'reference' or 'artifact'")
         _need_stack()
         from edge_shitu.converters.convert import ConvertOptions
         from edge_shitu.converters.convert import convert as run
 
         opts = ConvertOptions(prune=not no_prune, prune_ratio=prune_ratio, fidelity_budget=budget, calib_dir=calib,
                               allow_degraded=allow_degraded, bits=bits, n_calib=calib_images,
-                              n_verify=verify_images, n_agree=agree_images)
+                              n_verify=verify_images, n_agree=agree_images, gallery_features=gallery_features)
         b = load_board(board)
         total = count_stages(b.artifacts, not no_prune, models=2 if det else 1, gallery=True)
         with _progress(not json_out, total) as say:

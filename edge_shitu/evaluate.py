@@ -22,11 +22,19 @@ def loo_queries(labels: Sequence[str]) -> np.ndarray:
     return np.flatnonzero(counts[inv] >= 2)
 
 
-def float_loo_topk(features: np.ndarray, labels: Sequence[str], k: int = 5) -> np.ndarray:
-    """Rows of the k nearest OTHER items by cosine (PaddleClas: Faiss IndexFlatIP), per LOO query."""
-    x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+def float_loo_topk(features: np.ndarray, labels: Sequence[str], k: int = 5,
+                   gallery: np.ndarray | None = None) -> np.ndarray:
+    """Rows of the k nearest OTHER items by cosine (PaddleClas: Faiss IndexFlatIP), per LOO query.
+
+    ``gallery``: the same photos embedded by another model (a bundle's FP32 reference gallery
+    searched with a device's int8 queries); default: the queries' own features."""
+    def unit(a: np.ndarray) -> np.ndarray:
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+    x = unit(features)
+    g = x if gallery is None else unit(gallery)
     q = loo_queries(labels)
-    s = x[q] @ x.T
+    s = x[q] @ g.T
     s[np.arange(len(q)), q] = -np.inf
     top = np.argpartition(-s, min(k, s.shape[1] - 1), axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(s, top, 1), axis=1, kind="stable")

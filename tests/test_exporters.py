@@ -116,6 +116,28 @@ def test_match_feeds_by_name_norm_shape_and_position() -> None:
         match_feeds(specs, {"image": a})
 
 
+def test_pooling_block_finds_the_global_pooling_head() -> None:
+    """int8 keeps exactly these ops float: GeM's clamp/cube/mean, an average pool, nothing in a detector."""
+    from edge_shitu.converters.export_tflite import pooling_block
+
+    conv = [("CONV_2D", "c1", [1, 10, 10, 1280], [[1, 10, 10, 320]])]
+    gem = [*conv, ("MINIMUM", "min", [1, 10, 10, 1280], [[1, 10, 10, 1280]]),
+                  ("MAXIMUM", "max", [1, 10, 10, 1280], [[1, 10, 10, 1280]]),
+                  ("MUL", "sq", [1, 10, 10, 1280], [[1, 10, 10, 1280]] * 2),
+                  ("MUL", "cube", [1, 10, 10, 1280], [[1, 10, 10, 1280]] * 2),
+                  ("MEAN", "gem", [1, 1280], [[1, 10, 10, 1280], [2]]),
+                  ("DEQUANTIZE", "dq", [1, 1280], [[1, 1280]]), ("POW", "root", [1, 1280], [[1, 1280], []])]
+    assert pooling_block(gem) == [("MINIMUM", "min"), ("MAXIMUM", "max"), ("MUL", "sq"), ("MUL", "cube"),
+                                  ("MEAN", "gem")]
+    lcnet = [*conv, ("AVERAGE_POOL_2D", "gap", [1, 1, 1, 1280], [[1, 10, 10, 1280]]),
+                    ("CONV_2D", "last", [1, 1, 1, 1280], [[1, 1, 1, 1280]]),
+                    ("FULLY_CONNECTED", "fc", [1, 512], [[1, 1280]])]
+    assert pooling_block(lcnet) == [("AVERAGE_POOL_2D", "gap")]  # weights after it stay int8
+    detector = [*conv, ("MAX_POOL_2D", "mp", [1, 5, 5, 1280], [[1, 10, 10, 1280]]),
+                       ("MEAN", "channel_mean", [1, 5, 5, 1], [[1, 5, 5, 1280]])]
+    assert pooling_block(detector) == []  # spatial pooling is not a global one
+
+
 def test_infer_kind(tmp_path: Path) -> None:
     assert infer_kind("m.tflite") == "tflite" and infer_kind("m.nb") == "nb" and infer_kind("m.onnx") == "onnx"
     (tmp_path / "inference.pdmodel").write_bytes(b"")
