@@ -285,7 +285,7 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
         if kind == "det":
             extra_kw = {"detector_head": onnx.details.get("head")}  # the FP32 program is cut to match
         else:
-            extra_kw = {"float_pooling": True}
+            extra_kw = {"float_pooling": True, "mse_ranges": True}
         arts = export_tflite.to_tflite(onnx.path, out_dir, name=kind, precisions=tfl, calibration=calib_arr,
                                        verify_feeds=verify, reference=model_dir, thresholds=None if
                                        thresholds is None else {p: thresholds for p in tfl}, **extra_kw)

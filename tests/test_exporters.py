@@ -138,6 +138,21 @@ def test_pooling_block_finds_the_global_pooling_head() -> None:
     assert pooling_block(detector) == []  # spatial pooling is not a global one
 
 
+def test_mse_range_ignores_rare_outliers() -> None:
+    """A rare huge activation (in the calibrator's min/max, not in the sampled values) must not set
+    the int8 step for all others; a range the values fill stays as it is."""
+    from edge_shitu.converters.int8_ranges import mse_range, quant_mse
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(0, 1, 20000).astype(np.float32)
+    lo, hi, kept = mse_range(v, -4.5, 40.0)  # one value of 40 somewhere in the calibration set
+    assert hi <= 12.0 and -4.5 <= lo < 0 and kept < 0.5
+    assert quant_mse(v, lo, hi) < quant_mse(v, -4.5, 40.0) / 4
+    u = rng.uniform(0, 6, 20000).astype(np.float32)  # a ReLU6 output that fills its range
+    assert mse_range(u, 0.0, 6.0)[2] >= 0.95
+    assert quant_mse(u, 0.0, 6.0) < (6 / 255) ** 2 / 10  # ~ step^2 / 12
+
+
 def test_infer_kind(tmp_path: Path) -> None:
     assert infer_kind("m.tflite") == "tflite" and infer_kind("m.nb") == "nb" and infer_kind("m.onnx") == "onnx"
     (tmp_path / "inference.pdmodel").write_bytes(b"")
