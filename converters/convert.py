@@ -51,7 +51,7 @@ class ConvertOptions:
     latency_runs: int = 15
     bits: int | None = None
     # "reference": the gallery index holds FP32 Paddle features (the workstation's best view of the
-    # gallery; the device's int8 queries then carry the only quantization noise: measured 0.3-1
+    # gallery; the device's int8 queries then carry the only quantization noise: measured 0.8-1.7
     # recall point better with a 256-bit index than both sides int8, bench_accuracy).
     # "artifact": embedded by the board's primary artifact, exactly as `gallery add` on the device.
     gallery_features: str = "reference"
