@@ -7,7 +7,8 @@ Paddle Lite .nb (x86, int8) and TFLite fp32/fp16/int8. Every model then embeds t
 gallery (1068 photos, 212 classes) through the runtime's own backends and preprocessing, and
 leave-one-out retrieval (queries: photos whose class has >= 2 images) is scored with float
 cosine search and with the binary index (sign, learned 256 and 128 bits, with and without
-re-ranking) built by `GalleryIndex.build`, as a bundle's index is. Each artifact is scored twice:
+re-ranking by the index's int8 features, format 1.1) built by `GalleryIndex.build`, as a
+bundle's index is. Each artifact is scored twice:
 with its own features on both sides, and (rows "/ fp32 gallery") querying the FP32 reference's
 features of the gallery, which is what `edge-shitu convert` puts in a bundle by default.
 
@@ -107,7 +108,7 @@ def score(feats: np.ndarray, labels: list[str], gallery: np.ndarray | None = Non
             key = (method, bits)
             if key not in built:
                 built[key] = GalleryIndex.build(feats if gallery is None else gallery, labels, bits=bits,
-                                                method=method, score_table=False)
+                                                method=method, score_table=False, rerank_vectors=True)
             top = index_loo_topk(built[key], feats, labels, 5, rerank)
         out[name] = {"recall@1": recall_at_1(top, labels), "mAP@5": map_at_k(top, labels, 5)}
     return out

@@ -461,7 +461,11 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
         bits = opts.bits or int(board.index.get("bits", 256))
         method = board.index.get("method", "itq")
         sources = [str(it.path.relative_to(gallery.root)) for it, _ in decoded]
+        # int8 features for re-ranking (format 1.1) where the board re-ranks: dim bytes per item buy
+        # float-search quality for the shortlist (bench_accuracy)
+        rerank = int(board.index.get("rerank", 0))
         index = GalleryIndex.build(feats, [it.label for it, _ in decoded], bits=bits, method=method,
+                                   rerank_vectors=bool(board.index.get("rerank_vectors", rerank > 0)),
                                    meta={"extractor_artifact": embedded_by,
                                          "source_images": sources})
         index.save(root / "gallery.esidx")
@@ -508,7 +512,8 @@ def _manifest(board: Board, models: dict[str, ModelResult], index: GalleryIndex,
         "source_models": {"rec": _model_hashes(rec_dir), **({"det": _model_hashes(det_dir)} if det_dir else {})},
         "det": det_block, "rec": rec_block,
         "index": {"file": "gallery.esidx", "bits": info["bits"], "method": info["method"], "items": info["live"],
-                  "labels": info["labels"], "rerank": board.index.get("rerank", 0)},
+                  "labels": info["labels"], "rerank": board.index.get("rerank", 0),
+                  "rerank_vectors": info["rerank_vectors"]},
         "runtime": {"backend": board.backend, "precision": board.precision, "threads": board.threads,
                     "det_threshold": board.det.get("threshold", 0.2), "max_det": board.det.get("max_det", 5),
                     "rec_score_threshold": board.rec.get("score_threshold", 0.5),

@@ -29,6 +29,9 @@ def build(
     method: str = typer.Option("itq", help="'itq': learned on the gallery (PCA + ITQ rotation); "
                                "'sign': PaddleClas's sign binarization."),
     ids: Optional[Path] = typer.Option(None, "--ids", help="One integer id per row (default: 0..N-1)."),
+    rerank_vectors: bool = typer.Option(False, "--rerank-vectors", help="Also store each item's feature as "
+                                        "int8 (dim bytes per item, format 1.1): 'search --rerank' then "
+                                        "scores the shortlist by cosine with them, about as well as float search."),
     json_out: bool = typer.Option(False, "--json", help="Print the index info as JSON."),
 ) -> None:
     """Build a gallery index from float features and labels."""
@@ -38,7 +41,7 @@ def build(
     x = load_features(features)
     labs = read_labels(labels)
     id_list = read_ids(ids) if ids is not None else None
-    index = GalleryIndex.build(x, labs, bits=bits, method=method, ids=id_list,
+    index = GalleryIndex.build(x, labs, bits=bits, method=method, ids=id_list, rerank_vectors=rerank_vectors,
                                meta={"source_features": Path(features).name})
     index.save(out)
     _report(index, json_out, f"built {out}")

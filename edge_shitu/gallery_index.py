@@ -84,9 +84,11 @@ class GalleryIndex:
     def build(cls, features: np.ndarray, labels: Sequence[str], *, bits: int | None = None,
               method: str | Method = "itq", ids: Sequence[int] | np.ndarray | None = None,
               normalize: bool = True, meta: dict[str, Any] | None = None,
-              score_table: bool = True) -> GalleryIndex:
+              score_table: bool = True, rerank_vectors: bool = False) -> GalleryIndex:
         """A new index of ``features``; ``score_table`` also stores the distance -> cosine
-        table match scores are read from (edge_shitu/scores.py)."""
+        table match scores are read from (edge_shitu/scores.py); ``rerank_vectors`` stores each
+        item's feature as int8 (``dim`` bytes per item, format 1.1), so re-ranking scores the
+        Hamming shortlist by cosine with the features themselves instead of against their codes."""
         x = check_features(features)
         if x.shape[0] == 0:
             raise EdgeShituError("features: no rows; a gallery needs at least one item")
@@ -104,6 +106,7 @@ class GalleryIndex:
             label_of=np.zeros(0, dtype=np.uint32), labels=[], mean=hasher.mean, proj=hasher.proj,
             normalize=normalize, next_id=0, generation=0,
             meta={"created_by": f"edge-shitu {__version__}", **(meta or {})},
+            vectors=np.zeros((0, hasher.dim), dtype=np.int8) if rerank_vectors else None,
         )
         index = cls(data)
         index._writable = True
@@ -173,13 +176,14 @@ class GalleryIndex:
         d = self._d
         return {
             "path": str(self.path) if self.path else None,
-            "format": "edge-shitu index 1.0",
+            "format": "edge-shitu index 1.0" if d.vectors is None else "edge-shitu index 1.1",
             "bits": d.bits, "bytes_per_item": d.code_bytes, "dim": d.dim,
             "method": d.method.name.lower(), "normalize": d.normalize,
             "count": d.count, "live": d.live_count, "deleted": d.count - d.live_count,
             "labels": len(set(self.labels_of_rows(np.flatnonzero(~d.deleted_mask())))),
             "next_id": d.next_id, "generation": d.generation, "kernel": self.kernel,
             "file_bytes": self.path.stat().st_size if self.path and self.path.exists() else None,
+            "rerank_vectors": d.vectors is not None,
             "meta": d.meta,
         }
 
@@ -194,6 +198,8 @@ class GalleryIndex:
         d.deleted = np.array(d.deleted, dtype=np.uint8)
         d.label_of = np.array(d.label_of, dtype=np.uint32)
         d.labels = list(d.labels)
+        if d.vectors is not None:
+            d.vectors = np.array(d.vectors, dtype=np.int8)
         self._writable = True
 
     def _live_id_rows(self) -> dict[int, int]:
@@ -205,11 +211,15 @@ class GalleryIndex:
         """Append items without refitting the hash; returns their ids."""
         x = check_features(features, self._d.dim, "features")
         codes = self.hasher.encode(x)
-        return self.add_codes(codes, labels, ids)
+        vectors = quantize_rows(x) if self._d.vectors is not None else None
+        return self.add_codes(codes, labels, ids, vectors=vectors)
 
     def add_codes(self, codes: np.ndarray, labels: Sequence[str],
-                  ids: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+                  ids: Sequence[int] | np.ndarray | None = None, *,
+                  vectors: np.ndarray | None = None) -> np.ndarray:
         d = self._d
+        if d.vectors is not None and (vectors is None or vectors.shape != (len(codes), d.dim)):
+            raise EdgeShituError("this index stores re-rank vectors: add float features (index add), not bare codes")
         codes = np.asarray(codes)
         if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != d.code_bytes:
             raise EdgeShituError(f"codes: expected uint8 rows of {d.code_bytes} bytes, got {codes.dtype} "
@@ -240,6 +250,8 @@ class GalleryIndex:
         d.ids = np.concatenate([d.ids, new_ids.astype(np.uint64)])
         d.deleted = deleted
         d.label_of = np.concatenate([d.label_of, label_of])
+        if d.vectors is not None:
+            d.vectors = np.concatenate([d.vectors, np.asarray(vectors, dtype=np.int8)])
         if n:
             d.next_id = max(d.next_id, int(new_ids.max()) + 1)
         d.generation += 1
@@ -299,6 +311,8 @@ class GalleryIndex:
         d.planes = rows_to_planes(codes)
         d.ids = d.ids[keep]
         d.label_of = d.label_of[keep]
+        if d.vectors is not None:
+            d.vectors = d.vectors[keep]
         d.deleted = np.zeros((keep.size + 7) // 8, dtype=np.uint8)
         used = np.unique(d.label_of)
         remap = np.zeros(len(d.labels), dtype=np.uint32)
@@ -338,8 +352,12 @@ class GalleryIndex:
             r, dd = rows[i][valid], dist[i][valid]
             if not r.size:
                 continue
-            signs = np.unpackbits(planes_to_rows(self._d.planes, r), axis=1).astype(np.float32) * 2 - 1
-            score = signs @ proj[i]
+            if self._d.vectors is not None:  # cosine with the stored int8 features
+                g = self._d.vectors[r].astype(np.float32)
+                score = (g @ x[i]) / np.maximum(np.linalg.norm(g, axis=1) * np.linalg.norm(x[i]), 1e-12)
+            else:  # asymmetric: the query's projection against the candidates' signs
+                signs = np.unpackbits(planes_to_rows(self._d.planes, r), axis=1).astype(np.float32) * 2 - 1
+                score = signs @ proj[i]
             order = np.lexsort((r, dd, -score))[:k]
             m = order.size
             out_d[i, :m], out_r[i, :m], out_s[i, :m] = dd[order], r[order], score[order]
@@ -378,6 +396,14 @@ class GalleryIndex:
                                      int(dist[i, j]), None if scores is None else float(scores[i, j])))
             out.append(matches)
         return out
+
+
+def quantize_rows(x: np.ndarray) -> np.ndarray:
+    """Each row scaled to int8 by its own max |value| (only directions matter: re-ranking is by
+    cosine, so neither the scale nor L2 normalisation needs storing)."""
+    x = np.asarray(x, dtype=np.float32)
+    peak = np.abs(x).max(axis=1, keepdims=True) if x.size else np.zeros((x.shape[0], 1), np.float32)
+    return np.clip(np.round(x / np.maximum(peak, 1e-30) * 127), -127, 127).astype(np.int8)
 
 
 @contextlib.contextmanager

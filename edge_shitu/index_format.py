@@ -46,6 +46,7 @@ class Section(IntEnum):
     HASH_MEAN = 6
     HASH_PROJ = 7
     META = 8
+    RERANK_VECTORS = 9  # since 1.1, optional
 
 
 class Method(IntEnum):
@@ -80,6 +81,7 @@ class IndexData:
     next_id: int = 0
     generation: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    vectors: np.ndarray | None = None  # int8 (count, dim): re-rank features (format 1.1), optional
 
     @property
     def count(self) -> int:
@@ -167,6 +169,10 @@ def _sections(data: IndexData) -> list[tuple[Section, bytes | memoryview]]:
         assert data.mean is not None and data.proj is not None
         secs.append((Section.HASH_MEAN, np.ascontiguousarray(data.mean, dtype="<f4").tobytes()))
         secs.append((Section.HASH_PROJ, np.ascontiguousarray(data.proj, dtype="<f4").tobytes()))
+    if data.vectors is not None:
+        if data.vectors.shape != (count, data.dim):
+            raise ValueError(f"re-rank vectors {data.vectors.shape} do not match {count} rows of {data.dim}")
+        secs.append((Section.RERANK_VECTORS, np.ascontiguousarray(data.vectors, dtype=np.int8).tobytes()))
     if data.meta:
         secs.append((Section.META, json.dumps(data.meta, ensure_ascii=False, sort_keys=True).encode()))
     return secs
@@ -186,9 +192,9 @@ def write_to(f: BinaryIO, data: IndexData) -> int:
     flags = FLAG_L2_NORMALIZE if data.normalize else 0
     live = data.live_count
     head = _HEADER.pack(
-        MAGIC, VERSION_MAJOR, VERSION_MINOR, HEADER_BYTES, data.bits, data.code_bytes, data.count, live,
-        data.next_id, int(data.method), data.dim, len(secs), flags, HEADER_BYTES, file_bytes,
-        data.generation, b"\0" * 36,
+        MAGIC, VERSION_MAJOR, VERSION_MINOR if data.vectors is None else 1, HEADER_BYTES, data.bits,
+        data.code_bytes, data.count, live, data.next_id, int(data.method), data.dim, len(secs), flags,
+        HEADER_BYTES, file_bytes, data.generation, b"\0" * 36,
     )
     f.write(head + struct.pack("<I", zlib.crc32(head) & 0xFFFFFFFF))
     for kind, crc, off, length in entries:
@@ -290,6 +296,9 @@ def read_index(path: str | os.PathLike[str], *, verify: bool = True, use_mmap: b
         proj = _view(need(Section.HASH_PROJ, dim * bits * 4), "<f4", dim * bits, 0).reshape(dim, bits)
     elif dim != bits:
         raise CorruptFileError(f"{where}: sign hashing needs dim == bits (dim={dim}, bits={bits}); rebuild it")
+    vectors = None
+    if Section.RERANK_VECTORS in sections:
+        vectors = _view(need(Section.RERANK_VECTORS, count * dim), "i1", count * dim, 0).reshape(count, dim)
     meta: dict[str, Any] = {}
     if Section.META in sections:
         try:
@@ -301,7 +310,7 @@ def read_index(path: str | os.PathLike[str], *, verify: bool = True, use_mmap: b
     data = IndexData(
         bits=bits, dim=dim, method=Method(method), planes=planes, ids=ids, deleted=deleted, label_of=label_of,
         labels=labels, mean=mean, proj=proj, normalize=bool(flags & FLAG_L2_NORMALIZE), next_id=next_id,
-        generation=generation, meta=meta,
+        generation=generation, meta=meta, vectors=vectors,
     )
     if data.live_count != live:
         raise CorruptFileError(f"{where}: live count {live} disagrees with the deletion marks; rebuild it")

@@ -20,6 +20,7 @@ from edge_shitu.index_format import IndexData, Method, rows_to_planes, write_ind
 PINNED_SHA256 = {
     "sign512.esidx": "0f3d75d994635145ea6b2a8835a5ee3f2c322ff3f1f878bcaf7740502cdffa83",
     "itq128.esidx": "395201b2c260359ceec1c59a3dad0b5486bd310512b3221cd8e26bbcc5b36f9d",
+    "itq128_rerank.esidx": "891f1bff827b5db1d1eb151421be2f42e81f81c36288e50082c8c9ef80aeaa5d",
 }
 
 
@@ -57,6 +58,19 @@ def golden_itq128() -> IndexData:
                      mean=mean, proj=proj, normalize=True, next_id=20, generation=0, meta={})
 
 
+def golden_itq128_rerank() -> IndexData:
+    """itq128 plus format 1.1's RERANK_VECTORS section (the same features as int8)."""
+    from edge_shitu.gallery_index import quantize_rows
+
+    d = golden_itq128()
+    rng = np.random.default_rng(2)
+    rng.integers(-8, 8, size=32), rng.integers(-16, 16, size=(32, 128))  # the same draws as golden_itq128
+    feats = (rng.integers(-32, 32, size=(20, 32)) / 16).astype(np.float32)
+    d.vectors = quantize_rows(feats)
+    d.meta = {"golden": "itq128_rerank"}
+    return d
+
+
 def golden_queries_itq128() -> np.ndarray:
     rng = np.random.default_rng(3)
     return (rng.integers(-32, 32, size=(4, 32)) / 16).astype(np.float32)
@@ -67,7 +81,8 @@ def write_golden(folder: Path) -> dict[str, str]:
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     expected = {}
-    for name, data in (("sign512.esidx", golden_sign512()), ("itq128.esidx", golden_itq128())):
+    for name, data in (("sign512.esidx", golden_sign512()), ("itq128.esidx", golden_itq128()),
+                       ("itq128_rerank.esidx", golden_itq128_rerank())):
         path = folder / name
         write_index(path, data)
         out[name] = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -83,5 +98,9 @@ def write_golden(folder: Path) -> dict[str, str]:
             dist, rows = index.search_codes(codes, k=5)
             expected[name] = {"queries": q.tolist(), "query_codes_hex": [c.tobytes().hex() for c in codes],
                               "k": 5, "distances": dist.tolist(), "rows": rows.tolist()}
+            if data.vectors is not None:  # re-ranked: every row a candidate, cosine with the int8 vectors
+                _, rr_rows, rr_scores = index.search_rows(q, k=5, rerank=data.count)
+                expected[name].update(rerank=data.count, rerank_rows=rr_rows.tolist(),
+                                      rerank_scores=np.round(rr_scores, 6).tolist())
     (folder / "expected.json").write_text(json.dumps(expected, indent=1))
     return out

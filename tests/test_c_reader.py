@@ -65,7 +65,7 @@ def test_crc32_matches_zlib(lib: ctypes.CDLL) -> None:
     assert lib.es_crc32(data, len(data)) == zlib.crc32(data)
 
 
-@pytest.mark.parametrize("name", ["sign512.esidx", "itq128.esidx"])
+@pytest.mark.parametrize("name", ["sign512.esidx", "itq128.esidx", "itq128_rerank.esidx"])
 def test_c_reader_agrees_with_python_on_golden_files(lib: ctypes.CDLL, tmp_path: Path, name: str) -> None:
     write_golden(tmp_path)
     raw = (tmp_path / name).read_bytes()

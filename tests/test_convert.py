@@ -133,6 +133,8 @@ def test_convert_det_rec_arm_bundle(rpi4_bundle: BundleRun, synth_models: dict[s
     index = GalleryIndex.open(out / "gallery.esidx")
     assert len(index) == 14 == m["index"]["items"]
     assert index.info()["meta"]["extractor_artifact"] == "rec_int8.tflite"  # --gallery-features artifact
+    # the board re-ranks (index.rerank 50): the index carries int8 features for it (format 1.1)
+    assert m["index"]["rerank_vectors"] and index.data.vectors.shape == (14, index.dim)
     rec_int8 = next(a for a in m["rec"]["artifacts"] if a["kind"] == "tflite:int8")["details"]
     print("\nPP-LCNet v1 int8 TFLite:", rec_int8["int8_mode"])  # the refinement must not have failed
     assert "MSE activation ranges" in rec_int8["int8_mode"] and rec_int8["float_ops"][-1] in ("MEAN", "AVERAGE_POOL_2D")
