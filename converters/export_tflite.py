@@ -126,7 +126,7 @@ def _worker(job: dict[str, Any]) -> None:
                 calibrated = c.convert()
                 notes = []
                 if job.get("mse_ranges"):
-                    calibrated, n = refine_ranges(calibrated, (x for x in _first_input(representative_dataset())))
+                    calibrated, n = refine_ranges(calibrated, _first_input(representative_dataset()))
                     notes.append(f"MSE activation ranges ({n} tightened)")
                 block = pooling_block(_op_list(data)) if job.get("float_pooling") else []
                 if block:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from edge_shitu.gallery_index import GalleryIndex
+from edge_shitu.hashing import l2_normalize
 
 
 def loo_queries(labels: Sequence[str]) -> np.ndarray:
@@ -28,11 +29,8 @@ def float_loo_topk(features: np.ndarray, labels: Sequence[str], k: int = 5,
 
     ``gallery``: the same photos embedded by another model (a bundle's FP32 reference gallery
     searched with a device's int8 queries); default: the queries' own features."""
-    def unit(a: np.ndarray) -> np.ndarray:
-        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-
-    x = unit(features)
-    g = x if gallery is None else unit(gallery)
+    x = l2_normalize(features)
+    g = x if gallery is None else l2_normalize(gallery)
     q = loo_queries(labels)
     s = x[q] @ g.T
     s[np.arange(len(q)), q] = -np.inf

@@ -25,6 +25,7 @@ from edge_shitu.hashing import Hasher, check_features, parse_method
 from edge_shitu.index_format import (
     IndexData,
     Method,
+    format_version,
     plane_stride,
     planes_to_rows,
     read_index,
@@ -176,7 +177,7 @@ class GalleryIndex:
         d = self._d
         return {
             "path": str(self.path) if self.path else None,
-            "format": "edge-shitu index 1.0" if d.vectors is None else "edge-shitu index 1.1",
+            "format": "edge-shitu index {}.{}".format(*format_version(d)),
             "bits": d.bits, "bytes_per_item": d.code_bytes, "dim": d.dim,
             "method": d.method.name.lower(), "normalize": d.normalize,
             "count": d.count, "live": d.live_count, "deleted": d.count - d.live_count,

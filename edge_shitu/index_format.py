@@ -54,6 +54,12 @@ class Method(IntEnum):
     ITQ = 1
 
 
+def format_version(data: IndexData) -> tuple[int, int]:
+    """The lowest version that holds ``data``: 1.1 only with re-rank vectors, so files without
+    them stay byte-identical to 1.0 writers' output."""
+    return VERSION_MAJOR, VERSION_MINOR if data.vectors is None else 1
+
+
 def plane_stride(count: int) -> int:
     """Rows per plane: a multiple of 8 so each 8-byte-word plane starts 64-byte aligned."""
     return (count + 7) // 8 * 8
@@ -192,7 +198,7 @@ def write_to(f: BinaryIO, data: IndexData) -> int:
     flags = FLAG_L2_NORMALIZE if data.normalize else 0
     live = data.live_count
     head = _HEADER.pack(
-        MAGIC, VERSION_MAJOR, VERSION_MINOR if data.vectors is None else 1, HEADER_BYTES, data.bits,
+        MAGIC, *format_version(data), HEADER_BYTES, data.bits,
         data.code_bytes, data.count, live, data.next_id, int(data.method), data.dim, len(secs), flags,
         HEADER_BYTES, file_bytes, data.generation, b"\0" * 36,
     )
