@@ -109,52 +109,89 @@ def _worker(job: dict[str, Any]) -> None:
             c.target_spec.supported_ops = ops
             return c
 
-        ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        try:
-            data = converter(ops).convert()
-            result["int8_mode"] = "full-integer ops, float32 input/output"
-        except Exception as e:  # an op with no int8 kernel: keep it float, say so
-            ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-            data = converter(ops).convert()
-            result["int8_mode"] = f"int8 ops with float fallback ({type(e).__name__}), float32 input/output"
         if job.get("float_pooling") or job.get("mse_ranges"):
-            try:  # a refinement: any failure leaves the plain int8 model, and says why
-                from edge_shitu.converters.int8_ranges import quantize_calibrated, refine_ranges
-
-                c = converter(ops)
-                c._experimental_calibrate_only = True  # the ranges, before quantization
-                calibrated = c.convert()
-                notes = []
-                if job.get("mse_ranges"):
-                    calibrated, n = refine_ranges(calibrated, _first_input(representative_dataset()))
-                    notes.append(f"MSE activation ranges ({n} tightened)")
-                block = pooling_block(_op_list(data)) if job.get("float_pooling") else []
-                if block:
-                    notes.append(f"global pooling block kept float ({', '.join(o for o, _ in block)})")
-                    result["float_ops"] = [o for o, _ in block]
-                data = quantize_calibrated(calibrated, [n for _, n in block])
-                if notes:
-                    result["int8_mode"] += "; " + "; ".join(notes)
+            try:  # a refinement: any failure falls back to TF's plain int8 conversion, and says why
+                data, mode, float_ops = _refined_int8(converter, representative_dataset, job)
+                result["int8_mode"] = mode
+                if float_ops:
+                    result["float_ops"] = float_ops
             except Exception as e:
-                result["int8_mode"] += f"; min/max ranges (refinement failed: {type(e).__name__}: {str(e)[:120]})"
+                data, mode = _plain_int8(converter)
+                result["int8_mode"] = f"{mode}; min/max ranges (refinement failed: {type(e).__name__}: {str(e)[:120]})"
+        else:
+            data, result["int8_mode"] = _plain_int8(converter)
         out = work / "model_int8.tflite"
         out.write_bytes(data)
         result["int8"] = str(out)
     (work / "result.json").write_text(json.dumps(result))
 
 
-def _op_list(model: bytes) -> list[tuple[str, str, list[int], list[list[int]]]]:
-    """(op, output tensor name, output shape, input shapes) per op of a TFLite model, in order."""
+FULL_INT8 = "full-integer ops, float32 input/output"
+
+
+def _plain_int8(converter: Any) -> tuple[bytes, str]:
+    """TF's own int8 conversion: full-integer, or with float fallback where an op has no int8 kernel."""
+    import tensorflow as tf
+
+    try:
+        return converter([tf.lite.OpsSet.TFLITE_BUILTINS_INT8]).convert(), FULL_INT8
+    except Exception as e:  # an op with no int8 kernel: keep it float, say so
+        data = converter([tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]).convert()
+        return data, f"int8 ops with float fallback ({type(e).__name__}), float32 input/output"
+
+
+def _refined_int8(converter: Any, representative_dataset: Any, job: Mapping[str, Any]) -> tuple[bytes, str, list[str]]:
+    """One calibration pass, then MSE ranges and/or a float pooling block, then quantization.
+
+    The pooling block and the fallback check both read the calibrated model itself, so the names
+    handed to the quantizer are the very names it sees (and no second conversion is needed).
+    Returns (model, int8_mode, the kept-float pooling ops).
+    """
+    import tensorflow as tf
+
+    from edge_shitu.converters.int8_ranges import quantize_calibrated, refine_ranges
+
+    c = converter([tf.lite.OpsSet.TFLITE_BUILTINS_INT8])
+    c._experimental_calibrate_only = True  # the ranges, before quantization
+    calibrated = c.convert()
+    notes = []
+    if job.get("mse_ranges"):
+        calibrated, n = refine_ranges(calibrated, _first_input(representative_dataset()))
+        notes.append(f"MSE activation ranges ({n} tightened)")
+    block = pooling_block(_op_list(calibrated)) if job.get("float_pooling") else []
+    if block:
+        notes.append(f"global pooling block kept float ({', '.join(o for o, _ in block)})")
+    data = quantize_calibrated(calibrated, [n for _, n in block])
+    fallback = float_fallback_ops(_op_list(data, dtypes=True), {n for _, n in block})
+    mode = FULL_INT8 if not fallback else \
+        f"int8 ops with float fallback ({', '.join(sorted(set(fallback)))}), float32 input/output"
+    return data, "; ".join([mode, *notes]), [o for o, _ in block]
+
+
+def float_fallback_ops(ops: Sequence[tuple[Any, ...]], kept_float: set[str]) -> list[str]:
+    """Ops of a quantized model that still compute in float, other than the ones asked for.
+
+    ``ops`` as :func:`_op_list` with ``dtypes=True`` (the output dtype last). The DEQUANTIZE ops
+    that hand float results out (and the float pooling block's own boundary) are not fallbacks.
+    """
+    return [op for op, name, *_, dtype in ops
+            if dtype == "float32" and op not in ("DEQUANTIZE", "QUANTIZE") and name not in kept_float]
+
+
+def _op_list(model: bytes, dtypes: bool = False) -> list[tuple[Any, ...]]:
+    """(op, output tensor name, output shape, input shapes[, output dtype name]) per op of a
+    TFLite model, in order."""
     import tensorflow as tf
 
     interp = tf.lite.Interpreter(model_content=model)
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
-    out = []
+    out: list[tuple[Any, ...]] = []
     for op in interp._get_ops_details():  # no public API lists a model's ops with their tensors
         outs = [tensors[i] for i in op["outputs"] if i >= 0]
         ins = [list(tensors[i]["shape"]) for i in op["inputs"] if i >= 0 and i in tensors]
         if outs:
-            out.append((op["op_name"], outs[0]["name"], list(outs[0]["shape"]), ins))
+            row: tuple[Any, ...] = (op["op_name"], outs[0]["name"], list(outs[0]["shape"]), ins)
+            out.append((*row, np.dtype(outs[0]["dtype"]).name) if dtypes else row)
     return out
 
 
