@@ -239,6 +239,15 @@ def cv2_resize(img: np.ndarray, size: tuple[int, int] | None = None, fx: float |
     else:
         iy, wy = _taps(oh, h, iy_scale, interp)
         ix, wx = _taps(ow, w, ix_scale, interp)
+    # A big downscale reads only a few source columns per output pixel (1200 -> 224 bilinear:
+    # 448 of 1200): gather just those first, then remap the taps. The values summed and their
+    # order are unchanged, so the bytes are too.
+    # The row pass below already gathers only the rows it reads; columns are cut here, when
+    # that saves enough to pay for the copy.
+    ux = np.unique(ix)
+    if ux.size * 2 <= w:
+        a = a.take(ux, axis=1)
+        ix, w = np.searchsorted(ux, ix), ux.size
     # Separable taps, gathered along axis 0 both times (contiguous row copies; the horizontal
     # pass runs on the transposed image) and accumulated in place: 2x faster than gathering
     # columns, which matters on a Raspberry Pi without OpenCV. Same arithmetic, same bytes.

@@ -137,6 +137,10 @@ def test_cv2_resize_matches_opencv(interp: int) -> None:
         ref = cv2.resize(img, None, fx=fx, fy=fy, interpolation=interp)
         assert ours.shape == ref.shape
         assert np.abs(ours.astype(int) - ref).max() <= 1, (interp, fx, fy)
+    big = rng.integers(0, 256, (601, 899, 3), dtype=np.uint8)  # strong downscales read a subset of pixels
+    for size in [(224, 224), (64, 37), (899, 100)]:
+        ours = cv2_resize(big, size, interp=interp, impl="numpy")
+        assert np.abs(ours.astype(int) - cv2.resize(big, size, interpolation=interp)).max() <= 1, (interp, size)
 
 
 # ----------------------------------------------------------------------------- model preprocess
