@@ -14,6 +14,13 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("GLOG_minloglevel", "2")  # must precede the paddle import to take effect
+# Paddle's OpenMP threads busy-wait ~200 ms after each run by default. A conversion alternates
+# Paddle runs with TFLite / Paddle Lite runs in one process (verification, latency), and on a
+# 2-core board those spinning threads take the CPU from whatever runs next: measured, int8
+# TFLite at 2 threads right after a Paddle run was 2x slower than alone. Passive waiting costs
+# Paddle nothing here (PP-LCNet v1, 1 thread: 38 ms busy-waiting, 28 ms passive).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("KMP_BLOCKTIME", "0")
 
 import contextlib
 import shutil

@@ -7,6 +7,7 @@ device without it they say so in one line instead of failing on an import.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,8 @@ from edge_shitu.errors import EdgeShituError
 
 def _need_stack() -> None:
     try:
-        import paddle  # noqa: F401
+        importlib.import_module("edge_shitu.converters.paddle_model")  # sets Paddle's environment first
+        importlib.import_module("paddle")
     except ImportError:
         raise EdgeShituError("the conversion stack is not installed here: run 'make setup' (or pip install "
                              "'edge-shitu[convert]' on Python 3.10) on a workstation; devices only need the "
