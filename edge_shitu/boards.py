@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_shitu import formats
 from edge_shitu.errors import EdgeShituError
 
-BACKENDS = ("tflite", "paddlelite", "paddle")
-ARTIFACT_KINDS = {"tflite:fp32", "tflite:fp16", "tflite:int8", "nb:arm:fp32", "nb:arm:int8",
-                  "nb:x86:fp32", "nb:x86:int8"}
+# What a board may name: the device runtime's backends and the deployable artifact kinds
+# (edge_shitu/formats.py is the one table of both).
+BACKENDS = tuple(name for name, info in formats.BACKENDS.items() if info.device)
 
 
 def boards_dir() -> Path:
@@ -70,12 +71,21 @@ def load_board(name_or_path: str | Path) -> Board:
                      ("threads", int), ("artifacts", list), ("native", str), ("det", dict), ("rec", dict),
                      ("index", dict)):
         _check(isinstance(raw.get(key), typ), p, f"field '{key}' missing or not a {typ.__name__}")
-    _check(raw["backend"] in BACKENDS, p, f"backend must be one of {', '.join(BACKENDS)}")
+    _check(formats.BACKEND_ALIASES.get(raw["backend"], raw["backend"]) in BACKENDS, p,
+           f"backend must be one of {', '.join(BACKENDS)}")
     _check(raw["precision"] in ("fp32", "fp16", "int8"), p, "precision must be fp32, fp16 or int8")
     _check(raw["threads"] >= 1, p, "threads must be >= 1")
-    bad = [a for a in raw["artifacts"] if a not in ARTIFACT_KINDS]
-    _check(not bad, p, f"unknown artifact kind(s) {bad}; known: {', '.join(sorted(ARTIFACT_KINDS))}")
+    bad = [a for a in raw["artifacts"] if a not in formats.DEPLOYABLE_KINDS]
+    _check(not bad, p, f"unknown artifact kind(s) {bad}; known: {', '.join(formats.DEPLOYABLE_KINDS)}")
+    backend = formats.backend_name(raw["backend"])
+    _check(any(formats.artifact_format(a).backend == backend and formats.artifact_format(a).precision
+               == raw["precision"] for a in raw["artifacts"]), p,
+           f"no {backend} artifact of precision {raw['precision']} in 'artifacts': the runtime would have "
+           "nothing to load")
+    mp = raw.get("max_image_pixels", 1)
+    _check(isinstance(mp, int) and not isinstance(mp, bool) and mp >= 1, p,
+           "max_image_pixels must be an integer >= 1")
     _check(raw["index"].get("bits", 256) % 64 == 0, p, "index.bits must be a multiple of 64")
-    return Board(name=raw["name"], description=raw["description"], arch=raw["arch"], backend=raw["backend"],
+    return Board(name=raw["name"], description=raw["description"], arch=raw["arch"], backend=backend,
                  precision=raw["precision"], threads=raw["threads"], artifacts=tuple(raw["artifacts"]),
                  native=raw["native"], det=raw["det"], rec=raw["rec"], index=raw["index"], raw=raw)

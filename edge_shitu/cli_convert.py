@@ -30,12 +30,15 @@ def _need_stack() -> None:
 
 def count_stages(artifacts: tuple[str, ...] | list[str], prune: bool, models: int = 1, gallery: bool = False) -> int:
     """How many stage messages a conversion emits (one per long step), for the progress bar."""
-    nb = [a for a in artifacts if a.startswith("nb:")]
-    tfl = [a for a in artifacts if a.startswith("tflite:")]
-    per_model = int(prune) + int(any(a.endswith(":int8") for a in nb)) + len(nb) + (2 if tfl else 0) + 1
+    from edge_shitu.formats import artifact_format
+
+    fmts = [artifact_format(a) for a in artifacts]
+    nb = [f for f in fmts if f.family == "nb"]
+    tfl = [f for f in fmts if f.family == "tflite"]
+    per_model = int(prune) + int(any(f.source == "paddle-int8" for f in fmts)) + len(nb) + (2 if tfl else 0) + 1
     n = models * per_model
     if gallery:  # photo count, reference features, embedding, agreement per runnable artifact, done
-        n += 4 + len(tfl) + sum(a.startswith("nb:x86") for a in nb)
+        n += 4 + len(tfl) + sum(f.runs_here() for f in nb)
     return n
 
 
@@ -106,16 +109,15 @@ def register(app: typer.Typer) -> None:
         if gallery_features not in ("reference", "artifact"):
             raise EdgeShituError(f"--gallery-features {gallery_features}: use 'reference' or 'artifact'")
         _need_stack()
-        from edge_shitu.converters.convert import ConvertOptions
-        from edge_shitu.converters.convert import convert as run
+        from edge_shitu import convert as run
 
-        opts = ConvertOptions(prune=not no_prune, prune_ratio=prune_ratio, fidelity_budget=budget, calib_dir=calib,
-                              allow_degraded=allow_degraded, bits=bits, n_calib=calib_images,
-                              n_verify=verify_images, n_agree=agree_images, gallery_features=gallery_features)
         b = load_board(board)
         total = count_stages(b.artifacts, not no_prune, models=2 if det else 1, gallery=True)
         with _progress(not json_out, total) as say:
-            manifest = run(rec, gallery, board, out, det_dir=det, labels=labels, opts=opts, progress=say)
+            manifest = run(rec, gallery, board, out, det=det, labels=labels, progress=say, prune=not no_prune,
+                           prune_ratio=prune_ratio, fidelity_budget=budget, calib_dir=calib,
+                           allow_degraded=allow_degraded, bits=bits, n_calib=calib_images, n_verify=verify_images,
+                           n_agree=agree_images, gallery_features=gallery_features)
         if json_out:
             typer.echo(json.dumps(manifest, ensure_ascii=False, indent=1))
         else:

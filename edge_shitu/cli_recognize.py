@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
 from edge_shitu.errors import EdgeShituError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+from edge_shitu.gallery import expand_images
 
 gallery_app = typer.Typer(
     help="Edit a bundle's gallery on the device: add photos of a new product, remove items.\n\n"
@@ -35,20 +33,11 @@ def _err(msg: str) -> None:
     typer.echo(f"edge-shitu: {msg}", err=True)
 
 
-def expand_images(paths: Sequence[Path]) -> Iterator[Path]:
-    """Files as given; folders expanded to the images inside them (sorted, recursive)."""
-    for p in paths:
-        if p.is_dir():
-            yield from sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
-        else:
-            yield p
-
-
 def _open(bundle: Path, backend: Optional[str], precision: Optional[str], threads: Optional[int],
           **settings: Any) -> Any:
-    from edge_shitu.pipeline import open_pipeline
+    from edge_shitu.recognizer import Recognizer
 
-    return open_pipeline(bundle, backend=backend, precision=precision, threads=threads, **settings)
+    return Recognizer.open(bundle, backend=backend, precision=precision, threads=threads, **settings)
 
 
 def register(app: typer.Typer) -> None:
@@ -88,8 +77,6 @@ def recognize(
 
     Example: edge-shitu recognize bundle/ shelf.jpg more_photos/ --save-vis out/ --json
     """
-    from edge_shitu.preprocess import load_image
-
     pipe = _open(bundle, backend, precision, threads, rec_score_threshold=threshold, det_threshold=det_threshold,
                  max_det=max_det, rerank=rerank, det_precision=det_precision)
     files = list(expand_images(images))
@@ -102,7 +89,7 @@ def recognize(
     used_names: set[str] = set()
     for f in files:
         try:
-            img = load_image(f)
+            img = pipe.load(f)
             res = pipe.recognize(img)
         except EdgeShituError as e:
             failed.append(str(f))
@@ -230,53 +217,21 @@ def gallery_add(
     The new items are searchable at once; nothing is rebuilt. Unreadable photos are reported and
     skipped (exit code 1), the others are still added.
     """
-    from edge_shitu.gallery_index import edit_index_file
-    from edge_shitu.preprocess import load_image
-
     if not label.strip():
         raise EdgeShituError("--label must not be empty")
-    pipe = _open(bundle, backend, precision, 1)
-    files = list(expand_images(images))
-    crops, boxes, used, failed = [], [], [], []
-    for f in files:
-        try:
-            img = load_image(f)
-        except EdgeShituError as e:
-            failed.append(str(f))
-            _err(f"error: {e}")
-            continue
-        box = main_object_box(pipe, img) if not whole_image else None
-        x1, y1, x2, y2 = box or (0, 0, img.shape[1], img.shape[0])
-        crops.append(img[y1:y2, x1:x2])
-        boxes.append([x1, y1, x2, y2])
-        used.append(str(f))
-    if not crops:
-        raise EdgeShituError(f"none of the {len(files)} photo(s) could be read: nothing added")
-    feats = pipe.embed(crops)
-    with edit_index_file(pipe.bundle.index_path) as index:
-        ids = index.add(feats, [label] * len(crops))
-        live = len(index)
-    added = [{"id": int(i), "image": u, "box": b} for i, u, b in zip(ids, used, boxes)]
+    res = _open(bundle, backend, precision, 1).add_to_gallery(images, label, whole_image=whole_image)
+    for _, why in res.failed:
+        _err(f"error: {why}")
     if json_out:
-        typer.echo(json.dumps({"label": label, "added": added, "items": live, "failed": failed}, ensure_ascii=False))
+        typer.echo(json.dumps(res.to_dict(), ensure_ascii=False))
     else:
-        for a in added:
+        for a in res.added:
             typer.echo(f"added id {a['id']} '{label}' from {a['image']} (box {a['box']})")
-        typer.echo(f"gallery now has {live} items")
-    if failed:
-        _err(f"error: {len(failed)} of {len(files)} photo(s) failed: {', '.join(failed)}")
+        typer.echo(f"gallery now has {res.items} items")
+    if res.failed:
+        n = len(res.failed) + len(res.added)
+        _err(f"error: {len(res.failed)} of {n} photo(s) failed: {', '.join(f for f, _ in res.failed)}")
         raise typer.Exit(1)
-
-
-def main_object_box(pipe: Any, img: Any) -> Optional[tuple[int, int, int, int]]:
-    """The best detection above the detector threshold (integer box), or None for the whole photo."""
-    if pipe.detector is None:
-        return None
-    from edge_shitu.pipeline import crop_boxes
-
-    h, w = img.shape[:2]
-    boxes = crop_boxes(pipe.detect(img, {}), w, h, min_side=8)
-    return tuple(boxes[0][0]) if boxes else None  # type: ignore[return-value]
 
 
 @gallery_app.command("remove")
@@ -287,24 +242,15 @@ def gallery_remove(
     json_out: bool = typer.Option(False, "--json", help="Print what was removed as JSON."),
 ) -> None:
     """Remove gallery items by id or by label; they stop matching at once."""
-    from edge_shitu.bundle import Bundle
-    from edge_shitu.gallery_index import edit_index_file
+    from edge_shitu.gallery_ops import remove_items
 
     if not ids and label is None:
         raise EdgeShituError("say what to remove: gallery ids, or --label L")
-    b = Bundle.open(bundle)
-    with edit_index_file(b.index_path) as index:
-        targets = [int(i) for i in ids or []]
-        if label is not None:
-            targets += [i for i, lab in index.items() if lab == label]
-            if not targets:
-                raise EdgeShituError(f"no gallery item has the label {label!r} ('edge-shitu gallery list' shows them)")
-        removed = index.remove(sorted(set(targets)))
-        live_n = len(index)
+    res = remove_items(bundle, ids or [], label)
     if json_out:
-        typer.echo(json.dumps({"removed": removed, "ids": sorted(set(targets)), "items": live_n}))
+        typer.echo(json.dumps(res.to_dict()))
     else:
-        typer.echo(f"removed {removed} item(s); gallery now has {live_n} items")
+        typer.echo(f"removed {res.removed} item(s); gallery now has {res.items} items")
 
 
 @gallery_app.command("list")
@@ -314,14 +260,9 @@ def gallery_list(
     json_out: bool = typer.Option(False, "--json", help="Print {label: [ids]} as JSON."),
 ) -> None:
     """List the gallery's labels with their item ids."""
-    from edge_shitu.bundle import Bundle
-    from edge_shitu.gallery_index import GalleryIndex
+    from edge_shitu.gallery_ops import list_items
 
-    index = GalleryIndex.open(Bundle.open(bundle).index_path)
-    by_label: dict[str, list[int]] = {}
-    for i, lab in index.items():
-        if label is None or lab == label:
-            by_label.setdefault(lab, []).append(i)
+    by_label = list_items(bundle, label)
     if json_out:
         typer.echo(json.dumps(by_label, ensure_ascii=False))
         return

@@ -16,6 +16,7 @@ import typer
 from edge_shitu.assets import DRINK_EMBEDDINGS, DRINK_LABELS, asset
 from edge_shitu.evaluate import float_loo_recall, index_loo_recall
 from edge_shitu.gallery_index import GalleryIndex
+from edge_shitu.hashing import l2_normalize
 from edge_shitu.labels import read_labels
 
 
@@ -25,7 +26,7 @@ def generated_gallery(classes: int = 150, per_class: int = 5, dim: int = 512,
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((classes, dim))
     x = np.repeat(centres, per_class, axis=0) + 1.6 * rng.standard_normal((classes * per_class, dim))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x = l2_normalize(x)
     labels = [f"product-{c:03d}" for c in range(classes) for _ in range(per_class)]
     return x.astype(np.float32), labels
 

@@ -9,16 +9,16 @@ shop from building its gallery.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edge_shitu.errors import EdgeShituError
+from edge_shitu.formats import is_image_file
 from edge_shitu.preprocess import load_image
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 LABEL_FILES = ("drink_label_all.txt", "drink_label.txt", "labels.txt", "label.txt")
 
 
@@ -84,9 +84,20 @@ def read_gallery(root: str | Path, labels: str | Path | None = None) -> Gallery:
     else:
         for folder in sorted(p for p in root.iterdir() if p.is_dir()):
             for img in sorted(folder.iterdir()):
-                if img.suffix.lower() in IMAGE_SUFFIXES:
+                if is_image_file(img):
                     items.append(GalleryItem(img, folder.name))
     if not items:
         raise EdgeShituError(f"gallery {root} has no images (expected a 'path<TAB>label' file such as "
                              "drink_label.txt, or one sub-folder of photos per label)")
     return Gallery(root, items)
+
+
+def expand_images(paths: Sequence[Path]) -> Iterator[Path]:
+    """Files as given (a bad one is reported by the loader, by name); folders expanded to the
+    photos inside them, sorted and recursive."""
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            yield from sorted(q for q in p.rglob("*") if is_image_file(q) and q.is_file())
+        else:
+            yield p

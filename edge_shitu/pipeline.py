@@ -26,13 +26,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Protocol
 
 import numpy as np
 
 from edge_shitu.detection import PicoDetHead, postprocess_detections
 from edge_shitu.errors import EdgeShituError
+from edge_shitu.hashing import l2_normalize
 from edge_shitu.preprocess import DetPreprocess, RecPreprocess
 from edge_shitu.scores import score_of_distance
 
@@ -102,14 +102,12 @@ class FloatSearcher:
     L2-normalised features)."""
 
     def __init__(self, features: np.ndarray, labels: Sequence[str], ids: Optional[Sequence[int]] = None) -> None:
-        x = np.asarray(features, dtype=np.float32)
-        self.x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        self.x = l2_normalize(np.asarray(features, dtype=np.float32))
         self.labels = list(labels)
         self.ids = list(ids) if ids is not None else list(range(len(self.labels)))
 
     def top1(self, features: np.ndarray) -> list[tuple[int, str, float]]:
-        q = np.asarray(features, dtype=np.float32).reshape(-1, self.x.shape[1])
-        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        q = l2_normalize(np.asarray(features, dtype=np.float32).reshape(-1, self.x.shape[1]))
         if not len(self.labels):
             return [(-1, "", -1.0)] * q.shape[0]
         sims = q @ self.x.T
@@ -273,75 +271,3 @@ class Pipeline:
         timings["nms"] = (time.perf_counter() - t0) * 1e3
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         return Result(objs, dets, timings, (w, h), every)
-
-
-# ----------------------------------------------------------------------------- from a bundle
-# platform.machine() names per native build target (board configs' "native")
-_TARGET_MACHINES = {"aarch64-linux-gnu": ("aarch64", "arm64"), "arm-linux-gnueabihf": ("armv7l", "armv8l"),
-                    "x86_64-linux-gnu": ("x86_64", "amd64")}
-
-
-def default_artifact_kind(backend: str, precision: str) -> str:
-    """The artifact a runtime backend loads: TFLite by precision; ``.nb`` for this CPU's family."""
-    import platform
-
-    if backend == "tflite":
-        return f"tflite:{precision}"
-    if backend == "nb":
-        machine = platform.machine().lower()
-        arm = machine in _TARGET_MACHINES["aarch64-linux-gnu"] + _TARGET_MACHINES["arm-linux-gnueabihf"]
-        return f"nb:{'arm' if arm else 'x86'}:{precision}"
-    raise EdgeShituError(f"unknown backend {backend!r}: use tflite or nb")
-
-
-def open_pipeline(bundle_dir: str | Path, *, backend: Optional[str] = None, precision: Optional[str] = None,
-                  threads: Optional[int] = None, kernel: Optional[str] = None,
-                  det_precision: Optional[str] = None, **settings: Any) -> Pipeline:
-    """Load a bundle for recognition. Backend, precision and threads default to the bundle's
-    board config (``det_precision`` picks another precision for the detector alone); the
-    artifacts loaded are checked against their manifest checksums first."""
-    from edge_shitu.bundle import Bundle
-    from edge_shitu.gallery_index import GalleryIndex
-    from edge_shitu.runtimes.backend import open_backend
-
-    b = Bundle.open(bundle_dir)
-    rt = b.runtime
-    backend = backend or rt.get("backend", "tflite")
-    precision = precision or rt.get("precision", "fp32")
-    threads = int(threads or rt.get("threads", 1))
-    kind = default_artifact_kind(backend, precision)
-    fmt = "tflite" if backend == "tflite" else "nb"
-
-    rec_art = b.artifact("rec", kind)
-    rec_pre = RecPreprocess.from_dict(b.model("rec")["preprocess"])
-    rec_backend = open_backend(rec_art.path, fmt, threads)
-    detector = None
-    if b.has_detector:
-        det_art = b.artifact("det", default_artifact_kind(backend, det_precision) if det_precision else kind)
-        det_pre = DetPreprocess.from_dict(b.model("det")["preprocess"])
-        details = det_art.info.get("details") or {}
-        head = PicoDetHead.from_dict(details["head"]) if details.get("cut_before_nms") and details.get("head") \
-            else None
-        detector = Detector(open_backend(det_art.path, fmt, threads), det_pre, head)
-    _use_bundle_kernel(b, kernel)
-    s = Settings.from_runtime({**rt, "rerank": b.manifest["index"].get("rerank", 0)}, **settings)
-    searcher = HammingSearcher(GalleryIndex.open(b.index_path), k=int(s.top_k), rerank=int(s.rerank))
-    pipe = Pipeline(rec_backend, rec_pre, searcher, detector=detector, settings=s)
-    pipe.bundle = b  # type: ignore[attr-defined]
-    pipe.artifact_kind = kind if not det_precision else f"{kind} (det {det_precision})"  # type: ignore[attr-defined]
-    return pipe
-
-
-def _use_bundle_kernel(b: Any, kernel: Optional[str]) -> None:
-    """Point the index at the bundle's own C kernel when it was built for this CPU (and no
-    other library was named); ``kernel`` ("auto" | "numpy" | "native") overrides the choice."""
-    import os
-    import platform
-
-    if kernel is not None:
-        os.environ["EDGE_SHITU_KERNEL"] = kernel
-    lib = b.manifest.get("native_lib")
-    if not lib or os.environ.get("EDGE_SHITU_HAMMING_LIB"):
-        return
-    if platform.machine().lower() in _TARGET_MACHINES.get(lib.get("target", ""), ()):
-        os.environ["EDGE_SHITU_HAMMING_LIB"] = str(b.native_lib())  # checksum verified

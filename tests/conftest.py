@@ -38,9 +38,21 @@ def synth_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def rpi4_bundle(tmp_path_factory: pytest.TempPathFactory, synth_models: dict[str, Path]) -> Any:
-    """The session's det + rec rpi4 bundle (tests/bundles.py); fails the test if convert failed."""
-    from tests.bundles import make_rpi4_bundle
+    """The session's det + rec rpi4 bundle (tests/bundles.py); fails the test if convert failed.
 
-    run = make_rpi4_bundle(tmp_path_factory.mktemp("rpi4"), synth_models)
+    EDGE_SHITU_REUSE_BUNDLES=DIR (developers; CI never sets it) keeps the bundle in DIR/rpi4 and
+    reuses it in later sessions: the runtime tests then start in seconds."""
+    import os
+    import subprocess
+
+    from tests.bundles import BundleRun, make_rpi4_bundle
+
+    keep = os.environ.get("EDGE_SHITU_REUSE_BUNDLES")
+    if keep and (Path(keep) / "rpi4" / "bundle" / "manifest.json").is_file():
+        root = Path(keep) / "rpi4"
+        return BundleRun(root / "bundle", root / "g", subprocess.CompletedProcess([], 0, "", ""))
+    if keep:
+        (Path(keep) / "rpi4").mkdir(parents=True, exist_ok=True)
+    run = make_rpi4_bundle(Path(keep) / "rpi4" if keep else tmp_path_factory.mktemp("rpi4"), synth_models)
     assert run.proc.returncode == 0, run.proc.stderr[-3000:]
     return run

@@ -175,20 +175,20 @@ def test_recognize_gallery_photos_finds_themselves(rpi4_bundle, tmp_path: Path) 
 @pytest.mark.integration
 def test_recognize_api_matches_cli_and_other_precisions_load(rpi4_bundle) -> None:  # type: ignore[no-untyped-def]
     """The Python API gives what the CLI prints; --precision / --det-precision pick other artifacts."""
-    from edge_shitu.pipeline import open_pipeline
+    from edge_shitu import Recognizer
     from edge_shitu.preprocess import load_image
 
     p, label = _gallery_photos(rpi4_bundle)[5]
     img = load_image(p)
-    i8 = open_pipeline(rpi4_bundle.path).recognize(img)
+    i8 = Recognizer.open(rpi4_bundle.path).recognize(img)
     cli_doc = json.loads(es("recognize", str(rpi4_bundle.path), str(p), "--json").stdout)["images"][0]
     assert [o.to_dict()["id"] for o in i8.objects] == [o["id"] for o in cli_doc["objects"]]
     assert [o.box for o in i8.objects] == [o["box"] for o in cli_doc["objects"]]
     whole = next(o for o in i8.candidates if o.source == "image")
     assert whole.label == label and whole.score > 0.9
-    mixed = open_pipeline(rpi4_bundle.path, det_precision="fp32")
+    mixed = Recognizer.open(rpi4_bundle.path, det_precision="fp32")
     assert mixed.artifact_kind == "tflite:int8 (det fp32)"
-    f32 = open_pipeline(rpi4_bundle.path, precision="fp32")
+    f32 = Recognizer.open(rpi4_bundle.path, precision="fp32")
     assert f32.artifact_kind == "tflite:fp32"
     # the same detector weights: fp32 and int8 find boxes, and every candidate gets a gallery item
     for pipe in (mixed, f32):
@@ -271,7 +271,7 @@ def test_bad_bundles_fail_in_one_line(rpi4_bundle, tmp_path: Path) -> None:  # t
         assert len(lines) == 1 and "Traceback" not in proc.stderr, (what, proc.stderr[-1500:])
         assert all(w in lines[0] for w in words), (what, lines[0])
     proc = es("recognize", str(rpi4_bundle.path), photo, "--backend", "nb")
-    assert proc.returncode == 2 and "nb:x86:int8" in proc.stderr and "tflite:int8" in proc.stderr
+    assert proc.returncode == 2 and "nb:arm:int8" in proc.stderr and "--backend tflite" in proc.stderr, proc.stderr
 
 
 @pytest.mark.integration
@@ -324,6 +324,79 @@ def test_camera_reads_a_video_and_prints_fps(rpi4_bundle, tmp_path: Path) -> Non
     assert no_cv2.returncode == 2 and "opencv" in no_cv2.stderr.lower()
     bad = es("camera", str(rpi4_bundle.path), "--device", str(tmp_path / "nope.avi"))
     assert bad.returncode == 2 and "cannot open" in bad.stderr
+
+
+def _as_board(src: Path, dst: Path, board: str) -> Path:
+    """A copy of a bundle as `convert --board BOARD` writes it for the same models: the board's
+    config, its runtime block, and only the artifacts the board lists (the rpi4 test bundle holds
+    a superset of android-arm64's: nb:arm:int8, nb:arm:fp32, tflite:int8)."""
+    import shutil
+
+    from edge_shitu.boards import load_board
+
+    shutil.copytree(src, dst)
+    b = load_board(board)
+    m = json.loads((dst / "manifest.json").read_text("utf-8"))
+    for which in ("det", "rec"):
+        keep = [a for a in m[which]["artifacts"] if a["kind"] in b.artifacts]
+        for a in m[which]["artifacts"]:
+            if a not in keep:
+                (dst / a["file"]).unlink()
+        m[which]["artifacts"] = keep
+    assert {a["kind"] for a in m["rec"]["artifacts"]} == set(b.artifacts)
+    m["board"] = b.to_dict()
+    m["runtime"].update(backend=b.backend, precision=b.precision, threads=b.threads)
+    (dst / "manifest.json").write_text(json.dumps(m, ensure_ascii=False), "utf-8")
+    return dst
+
+
+@pytest.mark.integration
+def test_android_bundle_names_why_arm_nb_cannot_run_here_and_tflite_recognizes(rpi4_bundle,  # type: ignore[no-untyped-def]
+                                                                               tmp_path: Path) -> None:
+    """Board configs and the runtime share backend names (formats.py): an android-arm64 bundle
+    (backend nb) opens; on x86 the arm .nb is refused in one line naming the TFLite alternative,
+    before Paddle Lite is even loaded, and backend="tflite" recognizes."""
+    import platform
+
+    from edge_shitu import Recognizer
+    from edge_shitu.errors import EdgeShituError
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("checks the x86 refusal of arm .nb files; on arm the .nb would be loaded")
+    b = _as_board(rpi4_bundle.path, tmp_path / "android", "android-arm64")
+    assert json.loads((b / "manifest.json").read_text("utf-8"))["runtime"]["backend"] == "nb"
+    with pytest.raises(EdgeShituError) as e:
+        Recognizer.open(b)
+    msg = str(e.value)
+    assert "\n" not in msg and "nb:arm:int8" in msg and "arm kernels" in msg and "--backend tflite" in msg
+    assert "tflite:int8" in msg and "android-arm64" in msg
+    proc = es("recognize", str(b), str(_gallery_photos(rpi4_bundle)[0][0]))
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("edge-shitu: error:")]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr
+    rec = Recognizer.open(b, backend="tflite")
+    assert rec.artifact_kind == "tflite:int8" and rec.bundle.root == b
+    p, label = _gallery_photos(rpi4_bundle)[3]
+    whole = next(o for o in rec.recognize_file(p).candidates if o.source == "image")
+    assert whole.label == label and whole.score > 0.9
+
+
+@pytest.mark.integration
+def test_gallery_edits_are_library_calls(rpi4_bundle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """What `gallery add | remove | list` print comes from edge_shitu.gallery_ops / Recognizer."""
+    from edge_shitu import Recognizer
+    from edge_shitu.gallery_ops import list_items
+
+    b = rpi4_bundle.copy(tmp_path / "b")
+    rec = Recognizer.open(b)
+    photo = _gallery_photos(rpi4_bundle)[2][0]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a photo")
+    res = rec.add_to_gallery([photo, bad], "新品")
+    assert [a["image"] for a in res.added] == [str(photo)] and res.items == 15
+    assert [f for f, _ in res.failed] == [str(bad)] and "\n" not in res.failed[0][1]
+    assert list_items(b, "新品") == {"新品": [res.added[0]["id"]]}
+    gone = rec.remove_from_gallery(label="新品")
+    assert gone.removed == 1 and gone.items == 14 and list_items(b, "新品") == {}
 
 
 def test_fast_detector_postprocess_equals_full_nms_top_rows() -> None:
