@@ -30,7 +30,7 @@ def build(
                                "'sign': PaddleClas's sign binarization."),
     ids: Optional[Path] = typer.Option(None, "--ids", help="One integer id per row (default: 0..N-1)."),
     rerank_vectors: bool = typer.Option(False, "--rerank-vectors", help="Also store each item's feature as "
-                                        "int8 (dim bytes per item, format 1.1): 'search --rerank' then "
+                                        "int8 (dim bytes per item): 'search --rerank' then "
                                         "scores the shortlist by cosine with them, about as well as float search."),
     json_out: bool = typer.Option(False, "--json", help="Print the index info as JSON."),
 ) -> None:
@@ -61,9 +61,10 @@ def _report(index: Any, json_out: bool, headline: str) -> None:
 def search(
     gallery: Path = typer.Argument(..., help="The index file."),
     queries: Path = typer.Argument(..., help="Query features, float32 .npy (Q, dim) or (dim,)."),
-    k: int = typer.Option(5, "--k", "-k", min=1, help="Results per query."),
-    rerank: int = typer.Option(0, help="Re-rank a Hamming shortlist of this many items by the "
-                               "asymmetric float-query score (0: off)."),
+    k: int = typer.Option(5, "--k", "-k", min=1, help="Results per query (at most the number of items)."),
+    rerank: int = typer.Option(0, min=0, help="Re-rank a Hamming shortlist of this many items (at most all "
+                               "of them) by cosine with the stored int8 vectors, or else by the asymmetric "
+                               "float-query score (0: off)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON list per query row, best first: "
                                   '[{"id", "label", "distance"[, "score"]}, ...].'),
 ) -> None:
@@ -154,7 +155,7 @@ def info(
     json_out: bool = typer.Option(False, "--json", help="Print the info as JSON."),
     show_ids: bool = typer.Option(False, "--ids", help="Also list live ids and their labels."),
 ) -> None:
-    """Check an index (every CRC) and describe it."""
+    """Check an index (every CRC, the section table and the padding) and describe it."""
     from edge_shitu.gallery_index import GalleryIndex
 
     index = GalleryIndex.open(gallery)

@@ -20,9 +20,11 @@ import numpy as np
 
 from edge_shitu import __version__, hamming
 from edge_shitu.atomic import remove_stale_tmp
-from edge_shitu.errors import EdgeShituError
+from edge_shitu.errors import EdgeShituError, VersionError
 from edge_shitu.hashing import Hasher, check_features, parse_method
 from edge_shitu.index_format import (
+    VERSION_MAJOR,
+    VERSION_MINOR,
     IndexData,
     Method,
     format_version,
@@ -88,7 +90,7 @@ class GalleryIndex:
               score_table: bool = True, rerank_vectors: bool = False) -> GalleryIndex:
         """A new index of ``features``; ``score_table`` also stores the distance -> cosine
         table match scores are read from (edge_shitu/scores.py); ``rerank_vectors`` stores each
-        item's feature as int8 (``dim`` bytes per item, format 1.1), so re-ranking scores the
+        item's feature as int8 (``dim`` bytes per item, since format 1.1), so re-ranking scores the
         Hamming shortlist by cosine with the features themselves instead of against their codes."""
         x = check_features(features)
         if x.shape[0] == 0:
@@ -129,6 +131,11 @@ class GalleryIndex:
         target = Path(path) if path is not None else self.path
         if target is None:
             raise EdgeShituError("save: no path given and the index was not opened from a file")
+        if self._d.version > (VERSION_MAJOR, VERSION_MINOR):
+            # its unknown (optional) sections would be dropped without a word
+            raise VersionError("{}: index format {}.{} was written by a newer edge-shitu; this one would drop "
+                               "what it does not know: edit it with that version".format(self.path or target,
+                                                                                      *self._d.version))
         remove_stale_tmp(target)
         write_index(target, self._d)
         self.path = target
@@ -177,7 +184,7 @@ class GalleryIndex:
         d = self._d
         return {
             "path": str(self.path) if self.path else None,
-            "format": "edge-shitu index {}.{}".format(*format_version(d)),
+            "format": "edge-shitu index {}.{}".format(*format_version(d)),  # of the file as read
             "bits": d.bits, "bytes_per_item": d.code_bytes, "dim": d.dim,
             "method": d.method.name.lower(), "normalize": d.normalize,
             "count": d.count, "live": d.live_count, "deleted": d.count - d.live_count,
@@ -327,14 +334,25 @@ class GalleryIndex:
     def labels_of_rows(self, rows: np.ndarray) -> list[str]:
         return [self._d.labels[int(self._d.label_of[r])] for r in rows]
 
+    def cap_k(self, k: int, what: str = "k") -> int:
+        """``k`` limited to the live items: results are (queries x k) arrays, so an unbounded k
+        (``--k 100000000`` on 987 items) would allocate and sort for nothing."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise EdgeShituError(f"{what}={k!r}: must be an integer")
+        if k < 1:
+            raise EdgeShituError(f"{what}={k}: must be at least 1")
+        return min(int(k), self._d.live_count)
+
     def search_codes(self, codes: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k by Hamming distance for packed query codes; returns (distances, ROWS)."""
+        """Top-k by Hamming distance for packed query codes; returns (distances, ROWS), with
+        min(k, live items) columns."""
         d = self._d
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
         if codes.ndim != 2 or codes.shape[1] != d.code_bytes:
             raise EdgeShituError(f"query codes: expected rows of {d.code_bytes} bytes, got shape {codes.shape}")
-        if k < 1:
-            raise EdgeShituError(f"k={k}: must be at least 1")
+        k = self.cap_k(k)
+        if k == 0:  # nothing live: no column to fill
+            return hamming.pad_results(0, codes.shape[0])
         qwords = codes.view(np.uint64).reshape(codes.shape[0], d.words)
         has_deleted = d.live_count != d.count
         if self._native is not None:
@@ -366,9 +384,17 @@ class GalleryIndex:
 
     def search_rows(self, queries: np.ndarray, k: int = 5, rerank: int = 0
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(distances, rows, scores-or-None) for float queries."""
+        """(distances, rows, scores-or-None) for float queries; ``k`` and ``rerank`` are capped
+        at the number of live items."""
         x = check_features(queries, self._d.dim, "query features")
+        k = self.cap_k(k)
+        if isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or rerank < 0:
+            raise EdgeShituError(f"rerank={rerank!r}: must be 0 (off) or a positive number of items")
+        rerank = min(int(rerank), self._d.live_count)
         codes = self.hasher.encode(x)
+        if k == 0:
+            dist, rows = hamming.pad_results(0, x.shape[0])
+            return dist, rows, np.zeros((x.shape[0], 0), np.float32) if rerank else None
         if rerank and rerank > k:
             dist, rows = self.search_codes(codes, rerank)
             return self._rerank(x, dist, rows, k)
@@ -378,7 +404,8 @@ class GalleryIndex:
         return dist, rows, None
 
     def search(self, queries: np.ndarray, k: int = 5, rerank: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Faiss-style: (D, I) with Hamming distances and item ids, -1 where fewer than k items."""
+        """Faiss-style: (D, I) with Hamming distances and item ids; min(k, live items) columns
+        (unlike Faiss, no -1 padding up to k: k is capped, so no k can cost memory)."""
         dist, rows, _ = self.search_rows(queries, k, rerank)
         ids = np.where(rows >= 0, np.asarray(self._d.ids, dtype=np.int64)[np.maximum(rows, 0)], -1)
         return dist, ids

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import stat
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -24,16 +26,21 @@ from edge_shitu.errors import CorruptFileError, EdgeShituError, VersionError
 
 MAGIC = b"ESHIDX\r\n"
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
+VERSION_MINOR = 2  # what this writer writes; 1.0 and 1.1 files still read
 HEADER_BYTES = 128
 ENTRY_BYTES = 32
 ALIGN = 64
+MAX_SECTIONS = 1024
+MIN_BITS, MAX_BITS = 64, 4096
 FLAG_L2_NORMALIZE = 1
+KNOWN_FLAGS = FLAG_L2_NORMALIZE
+SECTION_OPTIONAL = 1  # section entry flag (1.2): a reader that does not know the kind may skip it
 
 # magic, major, minor, header_bytes, bits, code_bytes, count, live, next_id, method, dim,
-# section_count, flags, table_offset, file_bytes, generation, reserved
-_HEADER = struct.Struct("<8sHHIIIQQQIIIIQQQ36s")
-_ENTRY = struct.Struct("<IIQQQ")
+# section_count, flags, table_offset, file_bytes, generation, table_crc32 (1.2; 0 before), reserved
+_HEADER = struct.Struct("<8sHHIIIQQQIIIIQQQI32s")
+# kind, crc32, offset, length, flags (1.2; 0 before), reserved
+_ENTRY = struct.Struct("<IIQQII")
 assert _HEADER.size == HEADER_BYTES - 4 and _ENTRY.size == ENTRY_BYTES
 
 
@@ -55,9 +62,8 @@ class Method(IntEnum):
 
 
 def format_version(data: IndexData) -> tuple[int, int]:
-    """The lowest version that holds ``data``: 1.1 only with re-rank vectors, so files without
-    them stay byte-identical to 1.0 writers' output."""
-    return VERSION_MAJOR, VERSION_MINOR if data.vectors is None else 1
+    """The version ``data`` was read as (or will be written as, for a new or edited index)."""
+    return data.version
 
 
 def plane_stride(count: int) -> int:
@@ -67,6 +73,10 @@ def plane_stride(count: int) -> int:
 
 def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def _crc(data: bytes | memoryview) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
 
 
 @dataclass
@@ -87,7 +97,8 @@ class IndexData:
     next_id: int = 0
     generation: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
-    vectors: np.ndarray | None = None  # int8 (count, dim): re-rank features (format 1.1), optional
+    vectors: np.ndarray | None = None  # int8 (count, dim): re-rank features (since 1.1), optional
+    version: tuple[int, int] = (VERSION_MAJOR, VERSION_MINOR)  # of the file it was read from / written to
 
     @property
     def count(self) -> int:
@@ -107,7 +118,7 @@ class IndexData:
 
     @property
     def live_count(self) -> int:
-        return self.count - int(np.unpackbits(self.deleted, bitorder="little").sum())
+        return self.count - int(np.unpackbits(self.deleted, count=self.count, bitorder="little").sum())
 
 
 # ---------------------------------------------------------------- codes <-> planes
@@ -155,7 +166,10 @@ def decode_labels(buf: memoryview, where: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- writing
-def _sections(data: IndexData) -> list[tuple[Section, bytes | memoryview]]:
+Payload = bytes | memoryview
+
+
+def _sections(data: IndexData) -> list[tuple[int, Payload]]:
     count = data.count
     stride = plane_stride(count)
     planes = data.planes
@@ -164,8 +178,9 @@ def _sections(data: IndexData) -> list[tuple[Section, bytes | memoryview]]:
         m = min(planes.shape[1], count)
         planes_fixed[:, :m] = planes[:, :m]
         planes = planes_fixed
-    secs: list[tuple[Section, bytes | memoryview]] = [
-        (Section.CODES, memoryview(np.ascontiguousarray(planes, dtype="<u8")).cast("B")),
+    secs: list[tuple[int, Payload]] = [
+        # a view, not a copy, of large code blocks (memoryview cannot cast an empty one)
+        (Section.CODES, memoryview(np.ascontiguousarray(planes, dtype="<u8")).cast("B") if planes.size else b""),
         (Section.IDS, np.ascontiguousarray(data.ids, dtype="<u8").tobytes()),
         (Section.DELETED, np.ascontiguousarray(data.deleted, dtype=np.uint8).tobytes()),
         (Section.LABEL_OF, np.ascontiguousarray(data.label_of, dtype="<u4").tobytes()),
@@ -184,43 +199,54 @@ def _sections(data: IndexData) -> list[tuple[Section, bytes | memoryview]]:
     return secs
 
 
-def write_to(f: BinaryIO, data: IndexData) -> int:
-    """Serialise ``data`` to an open binary file; returns the number of bytes written."""
-    secs = _sections(data)
+def write_to(f: BinaryIO, data: IndexData, *, minor: int = VERSION_MINOR,
+             extra: Sequence[tuple[int, Payload, int]] = ()) -> int:
+    """Serialise ``data`` to an open binary file; returns the number of bytes written.
+
+    ``minor`` < 2 writes the legacy 1.0 / 1.1 layout (no table CRC, no entry flags) byte for
+    byte as those writers did: only the golden files of tests/golden_files.py need it, so that
+    the readers keep being tested against old files. ``extra`` appends (kind, payload, flags)
+    sections this writer does not know (tests of the unknown-kind rules; since 1.2 only).
+    """
+    if minor not in (0, 1, VERSION_MINOR):
+        raise ValueError(f"cannot write index format {VERSION_MAJOR}.{minor}")
+    if minor < 2 and (extra or (data.vectors is not None) != (minor == 1)):
+        raise ValueError("format 1.0 has no RERANK_VECTORS, 1.1 always has it; neither has extra sections")
+    secs: list[tuple[int, Payload, int]] = [(k, p, 0) for k, p in _sections(data)] + list(extra)
     table_end = HEADER_BYTES + ENTRY_BYTES * len(secs)
     offset = _align(table_end)
-    entries = []
-    for kind, payload in secs:
-        entries.append((kind, zlib.crc32(payload) & 0xFFFFFFFF, offset, len(payload)))
+    table = bytearray()
+    offsets = []
+    for kind, payload, flags in secs:
+        table += _ENTRY.pack(int(kind), _crc(payload), offset, len(payload), flags, 0)
+        offsets.append(offset)
         offset = _align(offset + len(payload))
-    _last_kind, last_payload = secs[-1]
-    file_bytes = entries[-1][2] + len(last_payload)
-    flags = FLAG_L2_NORMALIZE if data.normalize else 0
-    live = data.live_count
+    file_bytes = offsets[-1] + len(secs[-1][1])
     head = _HEADER.pack(
-        MAGIC, *format_version(data), HEADER_BYTES, data.bits,
-        data.code_bytes, data.count, live, data.next_id, int(data.method), data.dim, len(secs), flags,
-        HEADER_BYTES, file_bytes, data.generation, b"\0" * 36,
+        MAGIC, VERSION_MAJOR, minor, HEADER_BYTES, data.bits, data.code_bytes, data.count, data.live_count,
+        data.next_id, int(data.method), data.dim, len(secs), FLAG_L2_NORMALIZE if data.normalize else 0,
+        HEADER_BYTES, file_bytes, data.generation, _crc(table) if minor >= 2 else 0, bytes(32),
     )
-    f.write(head + struct.pack("<I", zlib.crc32(head) & 0xFFFFFFFF))
-    for kind, crc, off, length in entries:
-        f.write(_ENTRY.pack(int(kind), crc, off, length, 0))
+    f.write(head + struct.pack("<I", _crc(head)))
+    f.write(table)
     pos = table_end
-    for (_, payload), (_, _, off, _) in zip(secs, entries):
-        f.write(b"\0" * (off - pos))
+    for (_, payload, _), off in zip(secs, offsets):
+        f.write(bytes(off - pos))
         f.write(payload)
         pos = off + len(payload)
     return pos
 
 
-def write_index(path: str | os.PathLike[str], data: IndexData) -> None:
-    """Write atomically: readers see the old file or the new one, never a mix."""
+def write_index(path: str | os.PathLike[str], data: IndexData, *, minor: int = VERSION_MINOR) -> None:
+    """Write atomically: readers see the old file or the new one, never a mix. Always the
+    current version unless ``minor`` says otherwise (golden files), so an edit upgrades a file."""
     with atomic_write(path) as f:
-        write_to(f, data)
+        write_to(f, data, minor=minor)
         if os.environ.get("EDGE_SHITU_CRASH_BEFORE_RENAME"):
             # Test hook: die with the new file complete but not yet renamed.
             f.flush()
             os._exit(77)
+    data.version = (VERSION_MAJOR, minor)
 
 
 # ---------------------------------------------------------------- reading
@@ -229,95 +255,218 @@ def _view(buf: memoryview, dtype: str, count: int, offset: int) -> np.ndarray:
     return np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
 
 
+def _kind_name(kind: int) -> str:
+    return Section(kind).name if kind in Section._value2member_map_ else f"kind {kind}"
+
+
+@dataclass(frozen=True)
+class _Header:
+    """The header fields, believed only once its CRC (and the table's) matched."""
+
+    major: int
+    minor: int
+    bits: int
+    code_bytes: int
+    count: int
+    live: int
+    next_id: int
+    method: int
+    dim: int
+    nsec: int
+    flags: int
+    generation: int
+
+    @property
+    def newer(self) -> bool:
+        """Written by a newer minor version: what this reader does not know may be legitimate."""
+        return self.minor > VERSION_MINOR
+
+
+class _Reader:
+    """One parse of one buffer; every check raises a one-line CorruptFileError/VersionError.
+
+    Order matters (docs/index-format.md, "Reading"): magic, header CRC, then the version,
+    then the table CRC, and only then any field is used.
+    """
+
+    def __init__(self, buf: memoryview, where: str, verify: bool) -> None:
+        self.buf, self.where, self.verify, self.size = buf, where, verify, len(buf)
+
+    def corrupt(self, what: str) -> CorruptFileError:
+        return CorruptFileError(f"{self.where}: {what}; the index is corrupt, restore or rebuild it")
+
+    def unknown(self, h: _Header, what: str) -> EdgeShituError:
+        """Something this reader does not know: a newer writer's (upgrade) or damage."""
+        if h.newer:
+            return VersionError(f"{self.where}: index format {h.major}.{h.minor} uses {what}, which this "
+                                f"edge-shitu (format {VERSION_MAJOR}.{VERSION_MINOR}) does not know: upgrade "
+                                "edge-shitu or rebuild the index")
+        return self.corrupt(f"{what} in a format {h.major}.{h.minor} file")
+
+    def header(self) -> _Header:
+        buf, size = self.buf, self.size
+        if size < HEADER_BYTES or bytes(buf[:8]) != MAGIC:
+            if bytes(buf[: min(size, 8)]) == MAGIC[: min(size, 8)]:
+                raise CorruptFileError(f"{self.where}: {size} bytes, shorter than an index header; the file "
+                                       "is truncated: restore or rebuild it")
+            raise CorruptFileError(f"{self.where}: not an edge-shitu index (bad magic); pass a file written by "
+                                   "'edge-shitu index build'")
+        head = bytes(buf[:HEADER_BYTES])
+        if _crc(head[: HEADER_BYTES - 4]) != struct.unpack_from("<I", head, HEADER_BYTES - 4)[0]:
+            raise self.corrupt("header CRC mismatch")
+        (_m, major, minor, header_bytes, bits, code_bytes, count, live, next_id, method, dim, nsec, flags,
+         table_off, file_bytes, generation, table_crc, reserved) = _HEADER.unpack_from(head, 0)
+        if major != VERSION_MAJOR:
+            raise VersionError(f"{self.where}: index format version {major}.{minor}; this edge-shitu reads "
+                               f"{VERSION_MAJOR}.x: upgrade edge-shitu or rebuild the index")
+        h = _Header(major, minor, bits, code_bytes, count, live, next_id, method, dim, nsec, flags, generation)
+        if header_bytes != HEADER_BYTES or table_off != HEADER_BYTES:
+            raise self.corrupt(f"header size {header_bytes} / table offset {table_off}, expected {HEADER_BYTES}")
+        if (not h.newer and any(reserved)) or (minor < 2 and table_crc):
+            raise self.corrupt("reserved header bytes are not zero")
+        if file_bytes != size:
+            raise CorruptFileError(f"{self.where}: file is {size} bytes but its header says {file_bytes}; the "
+                                   "file is truncated or was altered: restore or rebuild it")
+        if nsec > MAX_SECTIONS or HEADER_BYTES + nsec * ENTRY_BYTES > size:
+            raise self.corrupt(f"section table of {nsec} entries does not fit the file")
+        if minor >= 2 and _crc(buf[HEADER_BYTES : HEADER_BYTES + nsec * ENTRY_BYTES]) != table_crc:
+            raise self.corrupt("section table CRC mismatch")
+        if flags & ~KNOWN_FLAGS:
+            raise self.unknown(h, f"header flags 0x{flags:x}")
+        if (bits % 64 or not MIN_BITS <= bits <= MAX_BITS or code_bytes * 8 != bits or method not in (0, 1)
+                or dim == 0 or live > count or (method == Method.SIGN and dim != bits)):
+            raise self.corrupt(f"inconsistent header (bits={bits}, method={method}, dim={dim}, count={count}, "
+                               f"live={live})")
+        return h
+
+    def table(self, h: _Header) -> dict[int, memoryview]:
+        """Sections by kind. They follow the table in table order, each at the next multiple of
+        64, the gaps zero and the file ending with the last one: so every byte is checked."""
+        buf, pos = self.buf, HEADER_BYTES + h.nsec * ENTRY_BYTES
+        sections: dict[int, memoryview] = {}
+        seen: set[int] = set()
+        for i in range(h.nsec):
+            kind, crc, off, length, flags, reserved = _ENTRY.unpack_from(buf, HEADER_BYTES + i * ENTRY_BYTES)
+            name = _kind_name(kind)
+            if (h.minor < 2 and flags) or (not h.newer and reserved):
+                raise self.corrupt(f"reserved bytes of section {name}'s table entry are not zero")
+            if flags & ~SECTION_OPTIONAL:
+                raise self.unknown(h, f"section flags 0x{flags:x}")
+            if off != _align(pos) or length > self.size - off:
+                raise self.corrupt(f"section {name} out of place (offset {off}, length {length})")
+            if self.verify and any(buf[pos:off]):
+                raise self.corrupt(f"non-zero padding before section {name}")
+            if self.verify and _crc(buf[off : off + length]) != crc:
+                raise self.corrupt(f"CRC mismatch in section {name}")
+            pos = off + length
+            if kind in seen:
+                raise self.corrupt(f"section {name} appears twice")
+            seen.add(kind)
+            if kind in Section._value2member_map_:
+                sections[kind] = buf[off:pos]
+            elif not flags & SECTION_OPTIONAL:  # an optional unknown kind is skipped (its CRC was checked)
+                raise self.unknown(h, f"section kind {kind} (not marked optional)")
+        if pos != self.size:
+            raise self.corrupt(f"{self.size - pos} bytes after the last section")
+        return sections
+
+    def need(self, sections: dict[int, memoryview], kind: Section, length: int) -> memoryview:
+        sec = sections.get(kind)
+        if sec is None:
+            raise self.corrupt(f"required section {kind.name} missing")
+        if length >= 0 and len(sec) != length:
+            raise self.corrupt(f"section {kind.name} is {len(sec)} bytes, expected {length}")
+        return sec
+
+    def data(self, h: _Header, sections: dict[int, memoryview]) -> IndexData:
+        count, dim, bits = h.count, h.dim, h.bits
+        words, stride = bits // 64, plane_stride(count)
+        has_hash = Section.HASH_MEAN in sections or Section.HASH_PROJ in sections
+        if h.method == Method.SIGN and has_hash:
+            raise self.corrupt("a sign-hashed index with ITQ parameters")
+        has_vectors = Section.RERANK_VECTORS in sections
+        if (h.minor == 0 and has_vectors) or (h.minor == 1 and not has_vectors):
+            raise self.corrupt(f"format 1.{h.minor} {'with' if has_vectors else 'without'} RERANK_VECTORS")
+        need = self.need
+        planes = _view(need(sections, Section.CODES, words * stride * 8), "<u8", words * stride, 0)
+        ids = _view(need(sections, Section.IDS, count * 8), "<u8", count, 0)
+        deleted = _view(need(sections, Section.DELETED, (count + 7) // 8), "u1", (count + 7) // 8, 0)
+        label_of = _view(need(sections, Section.LABEL_OF, count * 4), "<u4", count, 0)
+        labels = decode_labels(need(sections, Section.LABELS, -1), self.where)
+        if count % 8 and int(deleted[-1]) >> (count % 8):
+            raise self.corrupt("deletion marks set past the last row")
+        if count and int(label_of.max()) >= len(labels):
+            raise self.corrupt("a row points at a missing label")
+        mean = proj = None
+        if h.method == Method.ITQ:
+            mean = _view(need(sections, Section.HASH_MEAN, dim * 4), "<f4", dim, 0)
+            proj = _view(need(sections, Section.HASH_PROJ, dim * bits * 4), "<f4", dim * bits, 0).reshape(dim, bits)
+            if not (np.isfinite(mean).all() and np.isfinite(proj).all()):
+                raise self.corrupt("hashing parameters are not finite")
+        vectors = None
+        if has_vectors:
+            vectors = _view(need(sections, Section.RERANK_VECTORS, count * dim), "i1", count * dim, 0)
+            vectors = vectors.reshape(count, dim)
+        meta = self.meta(sections.get(Section.META), bits)
+        data = IndexData(
+            bits=bits, dim=dim, method=Method(h.method), planes=planes.reshape(words, stride), ids=ids,
+            deleted=deleted, label_of=label_of, labels=labels, mean=mean, proj=proj,
+            normalize=bool(h.flags & FLAG_L2_NORMALIZE), next_id=h.next_id, generation=h.generation, meta=meta,
+            vectors=vectors, version=(h.major, h.minor),
+        )
+        if data.live_count != h.live:
+            raise self.corrupt(f"live count {h.live} disagrees with the deletion marks")
+        return data
+
+    def meta(self, sec: memoryview | None, bits: int) -> dict[str, Any]:
+        """META is informative, except its score table (match scores are read off it): a JSON
+        object, and the table, when present, ``bits + 1`` finite numbers in [-1, 1]."""
+        if sec is None:
+            return {}
+        try:
+            meta = json.loads(bytes(sec).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise self.corrupt("META section is not JSON") from None
+        if not isinstance(meta, dict):
+            raise self.corrupt("META section is not a JSON object")
+        table = meta.get("cosine_of_distance")  # scores.TABLE_KEY (scores imports this module)
+        if table is not None and not (
+                isinstance(table, list) and len(table) == bits + 1
+                and all(type(v) in (int, float) and -1.0 <= v <= 1.0 for v in table)):
+            raise self.corrupt("META's cosine_of_distance is not bits + 1 numbers in [-1, 1]")
+        return meta
+
+
+def parse_index(buf: memoryview | bytes, where: str = "index", *, verify: bool = True) -> IndexData:
+    """Check and view an index held in memory (the arrays are views into ``buf``)."""
+    r = _Reader(memoryview(buf), where, verify)
+    h = r.header()
+    return r.data(h, r.table(h))
+
+
 def read_index(path: str | os.PathLike[str], *, verify: bool = True, use_mmap: bool = True) -> IndexData:
-    """Open an index file. ``verify`` checks every section CRC (a full read of the file)."""
+    """Open an index file. ``verify`` also checks every section CRC and the zero padding (a full
+    read of the file); the header and the section table are checked always."""
     path = Path(path)
     where = str(path)
     try:
-        f = open(path, "rb")
+        st = os.stat(path)
     except FileNotFoundError:
         raise EdgeShituError(f"{where}: no such index file; build one with 'edge-shitu index build'") from None
-    except IsADirectoryError:
-        raise EdgeShituError(f"{where}: is a directory, not an index file") from None
+    except OSError as e:
+        raise EdgeShituError(f"{where}: cannot read the index ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise EdgeShituError(f"{where}: is a directory, not an index file")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
+        raise EdgeShituError(f"{where}: not a regular file; pass an index file")
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise EdgeShituError(f"{where}: cannot read the index ({e.strerror})") from None
     with f:
         size = os.fstat(f.fileno()).st_size
-        if size < HEADER_BYTES:
-            raise CorruptFileError(f"{where}: {size} bytes, shorter than an index header; the file is "
-                                   "truncated or not an edge-shitu index")
-        if use_mmap:
+        if use_mmap and size >= HEADER_BYTES:
             mm: mmap.mmap | bytes = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         else:
             mm = f.read()
-    buf = memoryview(mm)
-    head = bytes(buf[:HEADER_BYTES])
-    if head[:8] != MAGIC:
-        raise CorruptFileError(f"{where}: not an edge-shitu index (bad magic); pass a file written by "
-                               "'edge-shitu index build'")
-    (_magic, major, minor, _header_bytes, bits, code_bytes, count, live, next_id, method, dim, nsec, flags,
-     table_off, file_bytes, generation, _reserved) = _HEADER.unpack_from(head, 0)
-    if major != VERSION_MAJOR:
-        raise VersionError(f"{where}: index format version {major}.{minor}; this edge-shitu reads "
-                           f"{VERSION_MAJOR}.x: upgrade edge-shitu or rebuild the index")
-    (hcrc,) = struct.unpack_from("<I", head, HEADER_BYTES - 4)
-    if zlib.crc32(head[: HEADER_BYTES - 4]) & 0xFFFFFFFF != hcrc:
-        raise CorruptFileError(f"{where}: header CRC mismatch; the index is corrupt, rebuild it")
-    if file_bytes != size:
-        raise CorruptFileError(f"{where}: file is {size} bytes but its header says {file_bytes}; the file "
-                               "is truncated or was altered: restore or rebuild it")
-    if bits == 0 or bits % 64 or code_bytes * 8 != bits or method not in (0, 1) or dim == 0:
-        raise CorruptFileError(f"{where}: inconsistent header (bits={bits}, method={method}, dim={dim}); "
-                               "rebuild the index")
-    if table_off + nsec * ENTRY_BYTES > size:
-        raise CorruptFileError(f"{where}: section table out of bounds; the index is corrupt, rebuild it")
-    sections: dict[int, memoryview] = {}
-    for i in range(nsec):
-        kind, crc, off, length, _ = _ENTRY.unpack_from(buf, table_off + i * ENTRY_BYTES)
-        if off % ALIGN or off + length > size:
-            raise CorruptFileError(f"{where}: section {kind} out of bounds; the index is corrupt, rebuild it")
-        sec = buf[off : off + length]
-        if verify and zlib.crc32(sec) & 0xFFFFFFFF != crc:
-            name = Section(kind).name if kind in Section._value2member_map_ else str(kind)
-            raise CorruptFileError(f"{where}: CRC mismatch in section {name}; the index is corrupt, rebuild it")
-        sections[kind] = sec
-
-    def need(kind: Section, length: int) -> memoryview:
-        sec = sections.get(kind)
-        if sec is None:
-            raise CorruptFileError(f"{where}: required section {kind.name} missing; rebuild the index")
-        if len(sec) != length:
-            raise CorruptFileError(f"{where}: section {kind.name} is {len(sec)} bytes, expected {length}; "
-                                   "the index is corrupt, rebuild it")
-        return sec
-
-    words = bits // 64
-    stride = plane_stride(count)
-    planes = _view(need(Section.CODES, words * stride * 8), "<u8", words * stride, 0).reshape(words, stride)
-    ids = _view(need(Section.IDS, count * 8), "<u8", count, 0)
-    deleted = _view(need(Section.DELETED, (count + 7) // 8), "u1", (count + 7) // 8, 0)
-    label_of = _view(need(Section.LABEL_OF, count * 4), "<u4", count, 0)
-    labels = decode_labels(sections.get(Section.LABELS) or need(Section.LABELS, -1), where)
-    mean = proj = None
-    if method == Method.ITQ:
-        mean = _view(need(Section.HASH_MEAN, dim * 4), "<f4", dim, 0)
-        proj = _view(need(Section.HASH_PROJ, dim * bits * 4), "<f4", dim * bits, 0).reshape(dim, bits)
-    elif dim != bits:
-        raise CorruptFileError(f"{where}: sign hashing needs dim == bits (dim={dim}, bits={bits}); rebuild it")
-    vectors = None
-    if Section.RERANK_VECTORS in sections:
-        vectors = _view(need(Section.RERANK_VECTORS, count * dim), "i1", count * dim, 0).reshape(count, dim)
-    meta: dict[str, Any] = {}
-    if Section.META in sections:
-        try:
-            meta = json.loads(bytes(sections[Section.META]).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise CorruptFileError(f"{where}: META section is not JSON; rebuild the index") from None
-    if count and int(label_of.max()) >= len(labels):
-        raise CorruptFileError(f"{where}: a row points at a missing label; the index is corrupt, rebuild it")
-    data = IndexData(
-        bits=bits, dim=dim, method=Method(method), planes=planes, ids=ids, deleted=deleted, label_of=label_of,
-        labels=labels, mean=mean, proj=proj, normalize=bool(flags & FLAG_L2_NORMALIZE), next_id=next_id,
-        generation=generation, meta=meta, vectors=vectors,
-    )
-    if data.live_count != live:
-        raise CorruptFileError(f"{where}: live count {live} disagrees with the deletion marks; rebuild it")
-    return data
+    return parse_index(mm, where, verify=verify)

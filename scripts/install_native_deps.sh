@@ -4,7 +4,7 @@
 # Needs root (CI and the dev machines run as root); without it, prints what to install.
 set -euo pipefail
 pkgs=(gcc make gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross
-      qemu-user-static clang lld fonts-wqy-microhei)
+      qemu-user-static clang lld libclang-rt-14-dev fonts-wqy-microhei)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,48 @@ def test_bad_inputs_get_one_line_and_leave_file_alone(files: dict[str, Path]) ->
     (d / "corrupt.esidx").write_bytes(bytes(corrupt))
     fail("index", "search", str(d / "corrupt.esidx"), str(files["q"]), match="CRC mismatch")
     fail("index", "info", str(d / "missing.esidx"), match="no such index file")
+
+
+def test_one_flipped_bit_anywhere_in_the_table_or_version_is_one_line(files: dict[str, Path]) -> None:
+    """The issue's cases: META's kind (b[384] ^= 8 on the demo bundle), a RERANK_VECTORS entry
+    (b[352] ^= 2) and a version byte: exit 2, one line, 'corrupt', never 'upgrade'."""
+    run("index", "build", str(files["f"]), "--labels", str(files["labels"]), "--bits", "64", "--rerank-vectors",
+        "-o", str(files["g"]))
+    raw = files["g"].read_bytes()
+    assert struct.unpack_from("<II", raw, 352)[0] == 9 and struct.unpack_from("<I", raw, 384)[0] == 8
+    for pos, mask, match in ((384, 8, "section table CRC mismatch"),  # 9th entry: META's kind
+                             (352, 2, "section table CRC mismatch"),  # 8th: RERANK_VECTORS's kind
+                             (8, 1, "header CRC mismatch")):
+        bad = bytearray(raw)
+        bad[pos] ^= mask
+        files["g"].write_bytes(bytes(bad))
+        for cmd in (("info",), ("search", str(files["g"]), str(files["q"]))):
+            args = ("index", cmd[0], str(files["g"]), *cmd[2:])
+            r = run(*args, ok=False)
+            assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+            assert match in r.stderr and "corrupt" in r.stderr and "upgrade" not in r.stderr
+
+
+def test_huge_k_is_capped_fast_and_small(files: dict[str, Path]) -> None:
+    """--k 100000000 on 987 items ran for minutes and took hundreds of MB."""
+    import resource
+    import time
+
+    run("index", "build", str(files["f"]), "--labels", str(files["labels"]), "--bits", "64", "--rerank-vectors",
+        "-o", str(files["g"]))
+    run("index", "remove", str(files["g"]), "0", "1")
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "edge_shitu.cli", "index", "search", str(files["g"]),
+                             str(files["q"]), "--k", "100000000", "--rerank", "100000000", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [len(m) for m in lines] == [28, 28] and lines[0][0]["id"] == 4
+    assert time.monotonic() - t0 < 60
+    # the largest child this test process has waited for (all are CLI runs like this one)
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak_kb < 600_000, f"{peak_kb} KB"  # uncapped, the result arrays alone are 2.4 GB
 
 
 def test_paddleclas_label_file_on_real_embeddings(tmp_path: Path) -> None:

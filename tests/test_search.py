@@ -124,7 +124,7 @@ def test_rerank_vectors_score_by_cosine_and_follow_every_update(tmp_path) -> Non
     idx.compact()
     idx.save(path)
     back = GalleryIndex.open(path)
-    assert back.info()["format"] == "edge-shitu index 1.1" and back.info()["rerank_vectors"]
+    assert back.info()["format"] == "edge-shitu index 1.2" and back.info()["rerank_vectors"]
     assert back.data.vectors.shape == x.shape  # +2 -2
     keep = [i for i in range(len(x)) if i not in (0, 5)]
     assert np.array_equal(back.data.vectors[:-2], v[keep])
@@ -133,7 +133,8 @@ def test_rerank_vectors_score_by_cosine_and_follow_every_update(tmp_path) -> Non
         back.add_codes(back.hasher.encode(x[:1]), ["c"])
     plain = GalleryIndex.build(x, labels, bits=64)
     plain.save(tmp_path / "p.esidx")
-    assert GalleryIndex.open(tmp_path / "p.esidx").info()["format"] == "edge-shitu index 1.0"
+    assert GalleryIndex.open(tmp_path / "p.esidx").info()["format"] == "edge-shitu index 1.2"
+    assert not GalleryIndex.open(tmp_path / "p.esidx").info()["rerank_vectors"]
 
 
 def test_query_errors() -> None:
@@ -145,6 +146,41 @@ def test_query_errors() -> None:
         idx.search(x.astype(np.int64))
     with pytest.raises(EdgeShituError, match="k=0"):
         idx.search(x[:1], k=0)
+    with pytest.raises(EdgeShituError, match="rerank=-1"):
+        idx.search(x[:1], k=1, rerank=-1)
+
+
+@pytest.mark.parametrize("kernel", ["numpy", "native"])
+def test_k_is_capped_at_the_live_items_without_a_big_allocation(kernel: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """--k 100000000 on 987 items ran for minutes and took hundreds of MB: k (and the re-rank
+    shortlist) is capped at the live items, for search, query, search_rows and search_codes."""
+    import tracemalloc
+
+    from edge_shitu.runtimes import native_kernel
+
+    if kernel == "native" and native_kernel.load() is None:
+        pytest.skip("C kernel not built: run 'make native'")
+    monkeypatch.setenv("EDGE_SHITU_KERNEL", kernel)
+    x, labels = _clustered()
+    idx = GalleryIndex.build(x, labels, bits=64, rerank_vectors=True)
+    idx.remove([0, 1, 2])
+    live = len(x) - 3
+    small_d, small_i = idx.search(x[:3], k=live)
+    tracemalloc.start()
+    try:
+        dist, ids = idx.search(x[:3], k=100_000_000)
+        matches = idx.query(x[:3], k=100_000_000, rerank=100_000_000)
+        _d, rows = idx.search_codes(idx.hasher.encode(x[:3]), k=2**62)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000, f"{peak} bytes for a {live}-item gallery"
+    assert dist.shape == ids.shape == rows.shape == (3, live) and (ids >= 0).all()
+    assert np.array_equal(dist, small_d) and np.array_equal(ids, small_i)
+    assert [len(m) for m in matches] == [live] * 3
+    empty = GalleryIndex.build(x[:2], labels[:2], bits=64)
+    empty.remove(empty.ids())
+    assert empty.search(x[:2], k=5)[1].shape == (2, 0) and empty.query(x[:2], k=5, rerank=9) == [[], []]
 
 
 def test_recall_on_real_ppshitu_embeddings() -> None:

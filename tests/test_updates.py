@@ -66,6 +66,20 @@ def test_remove_then_compact_keeps_ids_stable(gallery: Path) -> None:
         assert idx.add(_features(1, seed=5), ["z"]).tolist() == [50]
 
 
+def test_removing_and_compacting_everything_leaves_a_valid_empty_index(gallery: Path) -> None:
+    """An empty CODES section used to fail to serialise (memoryview of a zero-size array)."""
+    with edit_index_file(gallery) as idx:
+        idx.remove(idx.ids())
+        assert idx.compact() == 50
+    empty = GalleryIndex.open(gallery)
+    assert len(empty) == 0 and empty.data.count == 0 and empty.info()["format"] == "edge-shitu index 1.2"
+    dist, ids = empty.search(_features(2), k=5)
+    assert dist.shape == ids.shape == (2, 0) and empty.query(_features(1), k=3, rerank=5) == [[]]
+    with edit_index_file(gallery) as idx:
+        assert idx.add(_features(1, seed=4), ["back"]).tolist() == [50]
+    assert GalleryIndex.open(gallery).query(_features(1, seed=4), k=1)[0][0].label == "back"
+
+
 def test_removed_id_can_be_added_again(gallery: Path) -> None:
     with edit_index_file(gallery) as idx:
         idx.remove([7])
