@@ -77,6 +77,8 @@ def nms(
     ``max_per_class`` stops each class early (exact when the caller keeps at most that many).
     """
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    if boxes.shape[0] == 0:  # nothing above the threshold (reshape(-1, 0) cannot infer C)
+        return np.zeros((0, 6), np.float32)
     scores = np.asarray(scores, dtype=np.float32).reshape(-1, boxes.shape[0])
     out = []
     for c in range(scores.shape[0]):

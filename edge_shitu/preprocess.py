@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,45 +52,101 @@ _INTERP_BY_NAME = {
 
 # ----------------------------------------------------------------------------- decoding
 
-def load_image(path: PathLike) -> np.ndarray:
+# Decoding budget: a photo whose header declares more pixels is refused before it is decoded
+# (a 46 KB PNG can declare 13000x13000 and take 2 GB to decode). The device runtime passes the
+# board's ``max_image_pixels`` (manifest ``board``) instead when the bundle has one.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def load_image(path: PathLike, max_pixels: int | None = None) -> np.ndarray:
     """Decode any common image file to an (H, W, 3) uint8 RGB array, upright.
 
     Camera JPEGs carry their rotation in EXIF; ignoring it feeds the models sideways products.
-    Every failure a user can cause (missing, empty, truncated, not an image) becomes one
+    Every failure a user can cause (missing, empty, truncated, not an image, not a regular file,
+    more pixels than ``max_pixels``, default :data:`DEFAULT_MAX_PIXELS`) becomes one
     EdgeShituError line naming the file, so a bad gallery photo does not kill a batch job
-    with a Pillow traceback.
+    with a Pillow traceback. A FIFO, device or directory is refused before it is opened
+    (reading a FIFO would block forever).
     """
     p = Path(path)
+    budget = _pixel_budget(max_pixels)
     try:
-        data = p.read_bytes()
-    except FileNotFoundError:
+        st = os.stat(p)
+    except (FileNotFoundError, NotADirectoryError):
         raise EdgeShituError(f"image {p} does not exist: check the path") from None
-    except IsADirectoryError:
-        raise EdgeShituError(f"image {p} is a directory, not an image file") from None
     except OSError as e:
         raise EdgeShituError(f"image {p} cannot be read ({e.strerror or e}): check permissions") from None
-    return decode_image(data, name=str(p))
+    _need_regular(st.st_mode, p)
+    try:
+        # O_NONBLOCK: should the path have become a FIFO since the stat, open() does not block
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise EdgeShituError(f"image {p} does not exist: check the path") from None
+    except OSError as e:
+        raise EdgeShituError(f"image {p} cannot be read ({e.strerror or e}): check permissions") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        _need_regular(st.st_mode, p)
+        if st.st_size == 0:
+            raise EdgeShituError(f"image {p} is empty (0 bytes): re-copy or remove it")
+        return _decode(f, str(p), budget)
 
 
-def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
+def _need_regular(mode: int, p: Path) -> None:
+    if stat.S_ISDIR(mode):
+        raise EdgeShituError(f"image {p} is a directory, not an image file")
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        raise EdgeShituError(f"image {p} is {kind}, not an image file: pass a photo file")
+
+
+def _pixel_budget(max_pixels: int | None) -> int:
+    if max_pixels is None:
+        return DEFAULT_MAX_PIXELS
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise EdgeShituError(f"max_pixels must be an integer >= 1, got {max_pixels!r}")
+    return max_pixels
+
+
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int | None = None) -> np.ndarray:
     """Decode encoded image bytes (see :func:`load_image`); ``name`` is only used in errors."""
+    budget = _pixel_budget(max_pixels)
     if not data:
         raise EdgeShituError(f"image {name} is empty (0 bytes): re-copy or remove it")
+    return _decode(io.BytesIO(data), name, budget)
+
+
+def _over_budget(name: str, w: int, h: int, budget: int) -> EdgeShituError:
+    return EdgeShituError(f"image {name} is {w}x{h} ({w * h / 1e6:.1f} megapixels), above the "
+                          f"{budget / 1e6:g}-megapixel decoding budget: downscale it (the budget: the board's "
+                          f"max_image_pixels, default {DEFAULT_MAX_PIXELS / 1e6:g} megapixels)")
+
+
+def _decode(fp: Any, name: str, budget: int) -> np.ndarray:
+    """Pillow decode of an open binary file, the size read from the header checked first."""
     try:
         with warnings.catch_warnings():
             # Pillow warns (instead of failing) on some corrupt EXIF blocks; that is not our user's
-            # problem and must not spam the console.
+            # problem and must not spam the console. (Its decompression-bomb warning is moot: the
+            # budget below is checked before any pixel is decoded.)
             warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()  # Image.open is lazy: truncation only shows up here
+            with Image.open(fp) as img:  # lazy: reads the header only
+                w, h = img.size
+                if w * h > budget:
+                    raise _over_budget(name, w, h, budget)
+                img.load()  # truncation only shows up here
+                if img.size[0] * img.size[1] > budget:  # formats whose size is only final once loaded
+                    raise _over_budget(name, img.size[0], img.size[1], budget)
                 img = ImageOps.exif_transpose(img) or img
                 return _to_rgb_array(img)
     except EdgeShituError:
         raise
     except UnidentifiedImageError:
         raise EdgeShituError(f"image {name} is not a readable image (unknown or corrupt format)") from None
-    except Image.DecompressionBombError as e:
-        raise EdgeShituError(f"image {name} is too large to decode safely ({e})") from None
+    except Image.DecompressionBombError as e:  # above Pillow's own hard limit (2x MAX_IMAGE_PIXELS)
+        raise EdgeShituError(f"image {name} is too large to decode safely ({e}); the decoding budget is "
+                             f"{budget / 1e6:g} megapixels: downscale it") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise EdgeShituError(f"image {name} is truncated or corrupt ({e}): re-copy or remove it") from None
 

@@ -85,7 +85,7 @@ class Recognizer(Pipeline):
         rec_pre = RecPreprocess.from_dict(b.model("rec")["preprocess"])
         _use_bundle_kernel(b, kernel)
         index = GalleryIndex.open(b.index_path)
-        _check_dims(b, index)
+        b.check_index(index)  # index and extractor agree, before any photo
         rec_backend = open_backend(rec_art.path, rec_art.backend, threads)
         detector = None
         if det_kind is not None:
@@ -99,14 +99,14 @@ class Recognizer(Pipeline):
         searcher = HammingSearcher(index, k=int(s.top_k), rerank=int(s.rerank))
         label = kind if not det_precision else f"{kind} (det {det_precision})"
         return cls(rec_backend, rec_pre, searcher, bundle=b, artifact_kind=label, detector=detector, settings=s,
-                   max_image_pixels=(b.manifest.get("board") or {}).get("max_image_pixels"))
+                   max_image_pixels=b.max_image_pixels)
 
     # ------------------------------------------------------------------ photos
     def load(self, path: str | Path) -> np.ndarray:
         """Decode a photo as RGB uint8 within the board's pixel budget (one-line error otherwise)."""
         from edge_shitu.preprocess import load_image
 
-        return load_image(path, **({"max_pixels": self.max_image_pixels} if self.max_image_pixels else {}))
+        return load_image(path, max_pixels=self.max_image_pixels)
 
     def recognize_file(self, path: str | Path) -> Result:
         return self.recognize(self.load(path))
@@ -159,14 +159,6 @@ def _runnable_kind(b: Bundle, model: str, backend: str, precision: str) -> str:
                              f"which cannot run on this {here} CPU; {hint}")
     raise EdgeShituError(f"{b.root}: no {model} artifact of kind {kind} (the bundle has: {', '.join(have) or 'none'}); "
                          f"{hint}")
-
-
-def _check_dims(b: Bundle, index: Any) -> None:
-    """Refuse a bundle whose index and extractor disagree, before any photo is embedded."""
-    dim = b.model("rec").get("feature_dim")
-    if isinstance(dim, int) and dim != index.dim:
-        raise EdgeShituError(f"{b.index_path}: the index holds {index.dim}-d features but the extractor gives "
-                             f"{dim}-d (manifest rec.feature_dim): the index is from another bundle; re-copy it")
 
 
 def _use_bundle_kernel(b: Bundle, kernel: Optional[str]) -> None:

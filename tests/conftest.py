@@ -37,7 +37,7 @@ def synth_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def rpi4_bundle(tmp_path_factory: pytest.TempPathFactory, synth_models: dict[str, Path]) -> Any:
+def rpi4_bundle(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Any:
     """The session's det + rec rpi4 bundle (tests/bundles.py); fails the test if convert failed.
 
     EDGE_SHITU_REUSE_BUNDLES=DIR (developers; CI never sets it) keeps the bundle in DIR/rpi4 and
@@ -53,6 +53,7 @@ def rpi4_bundle(tmp_path_factory: pytest.TempPathFactory, synth_models: dict[str
         return BundleRun(root / "bundle", root / "g", subprocess.CompletedProcess([], 0, "", ""))
     if keep:
         (Path(keep) / "rpi4").mkdir(parents=True, exist_ok=True)
+    synth_models = request.getfixturevalue("synth_models")  # only when the bundle must be made
     run = make_rpi4_bundle(Path(keep) / "rpi4" if keep else tmp_path_factory.mktemp("rpi4"), synth_models)
     assert run.proc.returncode == 0, run.proc.stderr[-3000:]
     return run

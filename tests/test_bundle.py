@@ -3,30 +3,51 @@
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge_shitu.boards import load_board
-from edge_shitu.bundle import Bundle, artifact_entry, write_manifest
+from edge_shitu.bundle import Bundle, artifact_entry, sha256_file, write_manifest
 from edge_shitu.errors import EdgeShituError, VersionError
 from edge_shitu.gallery_index import GalleryIndex
+from edge_shitu.preprocess import RecPreprocess
 
 
-def make_bundle(root: Path) -> Path:
+def make_bundle(root: Path, *, feature_dim: int = 64, index_dim: int | None = None, items: int = 20,
+                native_lib: bytes | None = None) -> Path:
+    """A small device bundle without the conversion stack: one rec artifact (random bytes, so it
+    opens and verifies but cannot run), a real 64-bit index of ``items`` random features of
+    ``index_dim`` (default ``feature_dim``), the rpi4 board's runtime block, optionally a native
+    library (``lib/libeshamming.so`` with these bytes, target of this host)."""
+    from edge_shitu.formats import NATIVE_TARGETS
+
     (root / "rec").mkdir(parents=True)
     art = root / "rec" / "rec_int8.tflite"
     art.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    x = np.random.default_rng(1).standard_normal((20, 64)).astype(np.float32)
-    GalleryIndex.build(x, [f"p{i}" for i in range(20)], bits=64).save(root / "gallery.esidx")
-    write_manifest(root, {
-        "format": "edge-shitu-bundle", "format_version": [1, 0], "board": load_board("rpi4").to_dict(),
+    x = np.random.default_rng(1).standard_normal((items, index_dim or feature_dim)).astype(np.float32)
+    GalleryIndex.build(x, [f"p{i}" for i in range(items)], bits=64).save(root / "gallery.esidx")
+    board = load_board("rpi4").to_dict()
+    manifest = {
+        "format": "edge-shitu-bundle", "format_version": [1, 0], "board": board,
         "det": None,
-        "rec": {"preprocess": {"resize": [224, 224]}, "feature_dim": 64,
-                "artifacts": [artifact_entry(root, art, "tflite:int8")]},
-        "index": {"file": "gallery.esidx", "bits": 64},
-    })
+        "rec": {"preprocess": RecPreprocess().to_dict(), "feature_dim": feature_dim,
+                "artifacts": [artifact_entry(root, art, "tflite:int8",
+                                             outputs=[{"name": "feat", "shape": [1, feature_dim]}])]},
+        "index": {"file": "gallery.esidx", "bits": 64, "method": "itq", "items": items, "rerank": 0},
+        "runtime": {"backend": "tflite", "precision": "int8", "threads": 1, "det_threshold": 0.2, "max_det": 5,
+                    "rec_score_threshold": 0.5, "rec_nms_iou": 0.05, "top_k": 5},
+    }
+    if native_lib is not None:
+        (root / "lib").mkdir()
+        (root / "lib" / "libeshamming.so").write_bytes(native_lib)
+        machine = platform.machine().lower()
+        here = next((t for t, machines in NATIVE_TARGETS.items() if machine in machines), "host")
+        manifest["native_lib"] = {"file": "lib/libeshamming.so", "target": here,
+                                  "sha256": sha256_file(root / "lib" / "libeshamming.so")}
+    write_manifest(root, manifest)
     return root
 
 
@@ -66,8 +87,8 @@ def test_newer_format_and_malformed_manifest(tmp_path: Path) -> None:
     (root / "manifest.json").write_text(json.dumps({**m, "format_version": [2, 0]}))
     with pytest.raises(VersionError, match="upgrade edge-shitu"):
         Bundle.open(root)
-    (root / "manifest.json").write_text(json.dumps({**m, "rec": {"preprocess": {}}}))
-    with pytest.raises(EdgeShituError, match="'artifacts' missing"):
+    (root / "manifest.json").write_text(json.dumps({**m, "rec": {"preprocess": {}, "feature_dim": 64}}))
+    with pytest.raises(EdgeShituError, match=r"rec\.artifacts is missing"):
         Bundle.open(root)
     bad = json.loads(json.dumps(m))
     bad["rec"]["artifacts"][0]["file"] = "../../etc/passwd"

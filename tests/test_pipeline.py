@@ -418,3 +418,16 @@ def test_fast_detector_postprocess_equals_full_nms_top_rows() -> None:
             got = postprocess_detections(boxes, scores, head, (640, 640), (1.0, 1.25), min_score=thr, max_keep=k)
             got = got[got[:, 1] >= thr][:k]
             np.testing.assert_array_equal(got, want)
+
+
+def test_detector_postprocess_with_nothing_above_threshold_is_empty() -> None:
+    """A photo where the detector finds nothing: [0, 6], not a crash (the whole image still goes on)."""
+    from edge_shitu.detection import PicoDetHead, nms, postprocess_detections
+
+    head = PicoDetHead(image="image", scores=["s"], dists=["d"], strides=[8], grids=[(2, 2)], num_classes=3,
+                       reg_max=7, cell_offset=0.5, nms={"score_threshold": 0.3, "keep_top_k": 5})
+    boxes = np.tile(np.array([[1, 1, 5, 5]], np.float32), (4, 1))[None]
+    out = postprocess_detections(boxes, np.full((1, 4, 3), 0.1, np.float32), head, (16, 16), (1.0, 1.0),
+                                 min_score=0.2, max_keep=5)
+    assert out.shape == (0, 6)
+    assert nms(np.zeros((0, 4)), np.zeros((3, 0))).shape == (0, 6)
