@@ -17,9 +17,10 @@ from edge_shitu.errors import EdgeShituError
 from edge_shitu.gallery import expand_images
 
 gallery_app = typer.Typer(
-    help="Edit a bundle's gallery on the device: add photos of a new product, remove items.\n\n"
-    "The bundle's own detector and extractor embed the photos; the index file is changed in place, "
-    "atomically and under a lock. No conversion stack needed.",
+    help="Edit a bundle's gallery on the device: add photos of a new product, remove items; or build a "
+    "whole gallery index on a workstation or a Ray cluster ('gallery build').\n\n"
+    "add / remove / list: the bundle's own detector and extractor embed the photos; the index file is "
+    "changed in place, atomically and under a lock. No conversion stack needed.",
     no_args_is_help=True,
 )
 
@@ -41,6 +42,9 @@ def _open(bundle: Path, backend: Optional[str], precision: Optional[str], thread
 
 
 def register(app: typer.Typer) -> None:
+    from edge_shitu.cli_gallery_build import register as register_gallery_build
+
+    register_gallery_build(gallery_app)
     app.command("recognize")(recognize)
     app.command("camera")(camera)
     app.add_typer(gallery_app, name="gallery")
