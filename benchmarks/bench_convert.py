@@ -44,11 +44,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge_shitu.assets import DRINK_GALLERY, SHITU_GRAPHS, asset  # noqa: E402
+from edge_shitu.formats import artifact_format, kind_for, kinds  # noqa: E402
 
 GRAPHS = {"v1": ("rec", "general_PPLCNet_x2_5_lite_v1.0_infer"),
           "v2": ("rec", "general_PPLCNetV2_base_pretrained_v1.0_infer"),
           "det": ("det", "picodet_PPLCNet_x2_5_mainbody_lite_v1.0_infer")}
-ARTIFACTS = ["tflite:int8", "tflite:fp16", "tflite:fp32", "nb:x86:fp32", "nb:arm:int8"]
+# every TFLite precision (int8 first), the x86 .nb that runs here, the arm int8 .nb a phone gets
+ARTIFACTS = [*kinds(backend="tflite")[::-1], kind_for("nb", "fp32", "x86_64"), kind_for("nb", "int8", "aarch64")]
 
 
 def _photos(n: int, offset: int) -> list[np.ndarray]:
@@ -96,7 +98,6 @@ def _interleaved_latency(runners: dict[str, Any], feed: dict[str, np.ndarray], r
 
 def bench_model(name: str, work: Path, n_calib: int, n_verify: int, runs: int) -> list[dict[str, Any]]:
     from edge_shitu.converters.convert import ConvertOptions, convert_model
-    from edge_shitu.converters.paddle_model import PaddleInferenceRunner
     from edge_shitu.runtimes.backend import open_backend
 
     kind, model_dir, weights = _model_dir(name, work)
@@ -118,13 +119,11 @@ def bench_model(name: str, work: Path, n_calib: int, n_verify: int, runs: int) -
                      "degraded": bool(f.get("degraded"))})
         paths[e["kind"]] = work / f"{name}_out" / Path(e["file"]).name
     for threads in (1, 2):
-        runners: dict[str, Any] = {"paddle:fp32 (MKLDNN)": PaddleInferenceRunner(model_dir, threads=threads)}
+        runners: dict[str, Any] = {"paddle:fp32 (MKLDNN)": open_backend(model_dir, "paddle", threads=threads)}
         for k, p in paths.items():
-            if p is None:
+            if p is None or not artifact_format(k).runs_here():  # arm .nb files cannot run on x86 (see docs)
                 continue
-            if k.startswith("nb:arm"):  # arm .nb files cannot run on x86 (see docs)
-                continue
-            runners[k] = open_backend(p, "nb" if k.startswith("nb") else "tflite", threads=threads)
+            runners[k] = open_backend(p, artifact_format(k).backend, threads=threads)
         lat = _interleaved_latency(runners, feed, runs)
         for r in rows:
             r[f"ms_{threads}t"] = lat.get(r["artifact"])

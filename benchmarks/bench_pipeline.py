@@ -71,7 +71,9 @@ def build_bundle(out: Path, gallery: Path, labels: Path | None) -> Path:
     if not (rec / "inference.pdiparams").exists():
         mobilenet_v2.export_extractor(None, rec)
     board = json.loads((ROOT / "board_configs" / "rpi4.json").read_text(encoding="utf-8"))
-    board.update(name="rpi4-tflite", artifacts=["tflite:int8", "tflite:fp32"])
+    from edge_shitu.formats import kind_for
+
+    board.update(name="rpi4-tflite", artifacts=[kind_for("tflite", p) for p in ("int8", "fp32")])
     bpath = CACHE / "rpi4-tflite.json"
     bpath.write_text(json.dumps(board), encoding="utf-8")
     calib = CACHE / "calib"
@@ -173,9 +175,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_pipeline.json")
     args = ap.parse_args()
 
+    from edge_shitu import Recognizer
     from edge_shitu.bundle import Bundle
-    from edge_shitu.cli_recognize import expand_images
-    from edge_shitu.pipeline import open_pipeline
+    from edge_shitu.gallery import expand_images
     from edge_shitu.preprocess import _opencv, load_image
 
     gallery = args.gallery or asset("drink", "gallery")
@@ -193,7 +195,7 @@ def main() -> int:
     configs: dict[str, Any] = {}
     for name in args.configs.split(","):
         prec, det_prec = CONFIGS[name]
-        configs[name] = open_pipeline(bundle_dir, backend="tflite", precision=prec, det_precision=det_prec,
+        configs[name] = Recognizer.open(bundle_dir, backend="tflite", precision=prec, det_precision=det_prec,
                                       threads=args.threads)
     first = next(iter(configs.values()))
     print(f"reference gallery features: {embed_s:.1f} s; kernel {first.searcher.index.kernel}, resize "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import shutil
 import sys
 import tempfile
@@ -28,11 +27,13 @@ from edge_shitu.atomic import atomic_dir
 from edge_shitu.boards import Board, load_board
 from edge_shitu.bundle import FORMAT, FORMAT_VERSION, artifact_entry, sha256_file, write_manifest
 from edge_shitu.errors import EdgeShituError
+from edge_shitu.formats import Artifact, artifact_format, is_image_file, kind_for
 from edge_shitu.gallery import Gallery, read_gallery
+from edge_shitu.gallery_build_embed import embed_images, rec_preprocess_for
 from edge_shitu.gallery_index import GalleryIndex
+from edge_shitu.hashing import l2_normalize
 from edge_shitu.preprocess import DetPreprocess, RecPreprocess, load_image
 
-PREPROCESS_FILE = "preprocess.json"  # optional, next to a rec model: RecPreprocess.to_dict()
 Feeds = dict[str, np.ndarray]
 Progress = Callable[[str], None]
 
@@ -77,18 +78,6 @@ def check_kind(model_dir: Path, expected: str) -> None:
                              "swap --det and --rec")
 
 
-def rec_preprocess_for(model_dir: Path) -> RecPreprocess:
-    p = model_dir / PREPROCESS_FILE
-    if p.is_file():
-        try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-            # either the preprocess dict itself, or a model description with a "preprocess" key
-            return RecPreprocess.from_dict(d.get("preprocess", d) if isinstance(d, dict) else d)
-        except (json.JSONDecodeError, TypeError, AttributeError) as e:
-            raise EdgeShituError(f"{p}: not a valid preprocessing description ({e})") from None
-    return RecPreprocess()
-
-
 def det_preprocess_for(model_dir: Path) -> DetPreprocess:
     cfg = model_dir / "infer_cfg.yml"
     if not cfg.is_file():
@@ -110,7 +99,7 @@ def split_images(images: Sequence[np.ndarray], n_calib: int, n_verify: int) -> t
 
 
 def load_calib_dir(path: Path, warn: Callable[[str], None]) -> list[np.ndarray]:
-    files = sorted(p for p in Path(path).rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+    files = sorted(p for p in Path(path).rglob("*") if is_image_file(p))
     images = []
     for f in files:
         try:
@@ -134,25 +123,16 @@ class ModelResult:
     runnable: dict[str, Path] = field(default_factory=dict)  # artifact kind -> a host-runnable file
 
 
-def _latency(path: Path, kind: str | None, feeds: Feeds, opts: ConvertOptions) -> dict[str, Any]:
+def _latency(path: Path, backend: str, feeds: Feeds, opts: ConvertOptions) -> dict[str, Any]:
+    """Median ms of a file (``backend``: a backend name, or "paddle" for the FP32 reference dir)
+    at each of ``opts.latency_threads``."""
     from edge_shitu.converters.verify import measure_latency
     from edge_shitu.runtimes.backend import open_backend
 
     out: dict[str, float] = {}
     for t in opts.latency_threads:
-        backend = open_backend(path, kind, threads=t)
-        out[str(t)] = round(measure_latency(backend, feeds, runs=opts.latency_runs)["median_ms"], 3)
-    return {"threads": out}
-
-
-def _ref_latency(model_dir: Path, feeds: Feeds, opts: ConvertOptions) -> dict[str, Any]:
-    from edge_shitu.converters.paddle_model import PaddleInferenceRunner
-    from edge_shitu.converters.verify import measure_latency
-
-    out = {}
-    for t in opts.latency_threads:
-        out[str(t)] = round(measure_latency(PaddleInferenceRunner(model_dir, threads=t), feeds,
-                                            runs=opts.latency_runs)["median_ms"], 3)
+        runner = open_backend(path, backend, threads=t)
+        out[str(t)] = round(measure_latency(runner, feeds, runs=opts.latency_runs)["median_ms"], 3)
     return {"threads": out}
 
 
@@ -199,12 +179,43 @@ def _summary(fid: dict[str, Any], verified: str) -> dict[str, Any]:
     return out
 
 
+def _entry(art: Artifact, root: Path, pruned: bool, latency_feed: Feeds, opts: ConvertOptions,
+           progress_stage: str) -> dict[str, Any]:
+    """The manifest entry of one exported artifact: gated fidelity, latency where the file runs
+    on this host (arm kernels do not, and an x86 twin's time says nothing about them: its int8
+    kernels can even crash), what the runtime needs from the exporter's details."""
+    fmt = art.spec
+    here = fmt.runs_here()
+    fid = _summary(_gate(art, fmt.precision, progress_stage, opts), "run" if here else "twin")
+    extra: dict[str, Any] = {}
+    lat = None
+    if here:
+        feed = latency_feed
+        if art.details.get("cut_before_nms"):  # a detector cut before NMS takes the image alone
+            from edge_shitu.converters.exporter import image_input
+
+            name = image_input(latency_feed)
+            feed = {name: latency_feed[name]}
+        lat = _latency(art.path, fmt.backend, feed, opts)
+    else:
+        extra["latency_note"] = f"{fmt.cpu}: not runnable on this host"
+    if art.details.get("cut_before_nms"):
+        extra["outputs_cut_before_nms"] = True
+    return artifact_entry(root, art.path, art.kind, precision=fmt.precision, pruned=pruned, fidelity=fid,
+                          latency_ms=lat, details=_details(art), **extra)
+
+
 def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray], verify_images: Sequence[np.ndarray],
                   artifacts: Sequence[str], out_dir: Path, work: Path, opts: ConvertOptions,
                   progress: Progress) -> ModelResult:
-    """Prune, quantize, export and verify one model; writes artifacts into out_dir."""
-    from edge_shitu.converters import export_nb, export_onnx, export_tflite, prune, quantize
-    from edge_shitu.converters.paddle_model import count_params
+    """Prune, quantize, export and verify one model; writes artifacts into out_dir.
+
+    The kinds are handed, grouped by exporter, to each exporter's ``export(ExportJob)``
+    (``converters/exporter.py``); the models they consume (the format rows' ``source``) are
+    made once, when first needed: PTQ for the quantized program, the ONNX export for TFLite.
+    """
+    from edge_shitu.converters import exporter, prune
+    from edge_shitu.converters.paddle_model import count_params, load_program
 
     model_dir = Path(model_dir)
     check_kind(model_dir, kind)
@@ -222,12 +233,12 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
             return dpre(img)
 
         pre_dict = dpre.to_dict()
-    from edge_shitu.converters.paddle_model import load_program
-
     _, feed_names, _ = load_program(model_dir)
     calib = [feed(im, feed_names[0]) for im in calib_images]
     verify = [feed(im, feed_names[0]) for im in verify_images]
     out_dir.mkdir(parents=True, exist_ok=True)
+    for a in artifacts:
+        artifact_format(a)  # an unknown kind fails before any work
 
     # ---- prune
     pruned_dir, pruning = model_dir, None
@@ -237,94 +248,72 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
                              eval_feeds=verify[:8], budget=opts.fidelity_budget, prune_ratio=opts.prune_ratio)
         pruned_dir = Path(report.out_dir)
         pruning = report.to_dict()
-    # ---- quantize (Paddle side: for .nb int8)
-    int8_dir = None
-    if any(a.startswith("nb:") and a.endswith(":int8") for a in artifacts):
-        progress(f"{kind}: int8 post-training quantization ({len(calib)} calibration images)")
-        int8_dir = Path(quantize.quantize_in_subprocess(pruned_dir, work / f"{kind}_int8", calib).out_dir)
 
     from edge_shitu.converters.verify import PERMISSIVE
 
     thresholds = PERMISSIVE if opts.allow_degraded else None  # --allow-degraded: measured, gated in _gate
+    # per-model-kind exporter options: a detector's ONNX is cut before NMS (TFLite then carries its
+    # head); an extractor's int8 TFLite keeps its global pooling float, with MSE activation ranges
+    options: dict[str, Any] = {"cut_before_nms": True} if kind == "det" else {"float_pooling": True,
+                                                                                "mse_ranges": True}
+    sources: dict[str, Path] = {"paddle": pruned_dir}
+
+    def job(kinds: Sequence[str], dest: Path, reference: Path | None) -> exporter.ExportJob:
+        return exporter.ExportJob(model=kind, kinds=list(kinds), sources=sources, out_dir=dest, reference=reference,
+                                  verify_feeds=verify, calibration=calib, thresholds=thresholds, work_dir=work,
+                                  options=options, progress=progress)
+
+    def need(source: str) -> None:
+        """Make the model a format row consumes, once."""
+        if source in sources:
+            return
+        if source == "paddle-int8":  # PaddleSlim PTQ (for .nb int8)
+            progress(f"{kind}: int8 post-training quantization ({len(calib)} calibration images)")
+            from edge_shitu.converters import quantize
+
+            sources[source] = Path(quantize.quantize_in_subprocess(pruned_dir, work / f"{kind}_int8", calib).out_dir)
+        else:  # an intermediate export (the fp32 or pruned ONNX; never PaddleSlim's QDQ ONNX)
+            inter = exporter.kind_named(source, "fp32")
+            need(artifact_format(inter).source)
+            # a cut detector's ONNX is checked against its pruned program, cut the same way
+            art = exporter.export(job([inter], work, model_dir if kind == "rec" else None))[0]
+            sources[source] = art.path
+            if art.details.get("head") is not None:
+                options["detector_head"] = art.details["head"]  # the FP32 program is cut to match
+
     entries: list[dict[str, Any]] = []
     runnable: dict[str, Path] = {}
-    latency_feed = verify[0]
     pruned_flag = pruned_dir != model_dir
-    # ---- .nb
-    for art_kind in [a for a in artifacts if a.startswith("nb:")]:
-        _, target, precision = art_kind.split(":")
-        src = int8_dir if precision == "int8" else pruned_dir
-        progress(f"{kind}: Paddle Lite .nb {target} {precision}")
-        path = out_dir / f"{kind}_{target}_{precision}.nb"
-        twin = work / f"{kind}_{target}_{precision}_x86twin.nb" if target == "arm" else None
-        art = export_nb.to_nb(src, path, target=target, int8=precision == "int8", verify_feeds=verify,
-                              reference=model_dir, thresholds=thresholds, twin_out=twin)
-        fid = _summary(_gate(art, precision, f"{kind} {art_kind}", opts), "twin" if target == "arm" else "run")
-        # arm kernels do not run here and an x86 twin's time says nothing about them (its int8
-        # kernels can even crash): only files that run here as themselves are timed
-        lat = _latency(path, "nb", latency_feed, opts) if target == "x86" else None
-        if target == "x86":
-            runnable[art_kind] = path
-        entries.append(artifact_entry(out_dir.parent, path, art_kind, precision=precision, pruned=pruned_flag,
-                                      fidelity=fid, latency_ms=lat, details=_details(art),
-                                      **({"latency_note": "arm: not runnable on this host"} if target == "arm"
-                                                                       else {})))
-    # ---- TFLite (from the fp32 or pruned ONNX; never from PaddleSlim's QDQ ONNX)
-    tfl = [a.split(":")[1] for a in artifacts if a.startswith("tflite:")]
-    if tfl:
-        progress(f"{kind}: ONNX export")
-        onnx = export_onnx.to_onnx(pruned_dir, work / f"{kind}.onnx", cut_before_nms=kind == "det",
-                                   verify_feeds=verify, reference=model_dir if kind == "rec" else None,
-                                   thresholds=thresholds)
-        progress(f"{kind}: TFLite {', '.join(tfl)} (onnx2tf, int8 calibrated on {len(calib)} images)")
-        # the image input (a detector also takes im_shape and scale_factor, in any order; its
-        # ONNX is cut to the image alone)
-        image_name = next(n for n in feed_names if np.asarray(calib[0][n]).ndim == 4)
-        calib_arr = np.concatenate([c[image_name] for c in calib], axis=0)
-        extra_kw: dict[str, Any] = {}
-        if kind == "det":
-            extra_kw = {"detector_head": onnx.details.get("head")}  # the FP32 program is cut to match
-        else:
-            extra_kw = {"float_pooling": True, "mse_ranges": True}
-        arts = export_tflite.to_tflite(onnx.path, out_dir, name=kind, precisions=tfl, calibration=calib_arr,
-                                       verify_feeds=verify, reference=model_dir, thresholds=None if
-                                       thresholds is None else {p: thresholds for p in tfl}, **extra_kw)
-        for precision, art in arts.items():
-            path = Path(art.path)
-            fid = _summary(_gate(art, precision, f"{kind} tflite:{precision}", opts), "run")
-            runnable[f"tflite:{precision}"] = path
-            entries.append(artifact_entry(out_dir.parent, path, f"tflite:{precision}", precision=precision,
-                                          pruned=pruned_flag, fidelity=fid,
-                                          latency_ms=_latency(path, "tflite", {image_name: latency_feed[image_name]}
-                                                              if kind == "det" else latency_feed, opts),
-                                          details=_details(art),
-                                          **({"outputs_cut_before_nms": True} if kind == "det" else {})))
+    for group in exporter.groups(artifacts):
+        for k in group:
+            need(artifact_format(k).source)
+        for art in exporter.export(job(group, out_dir, model_dir)):
+            entries.append(_entry(art, out_dir.parent, pruned_flag, verify[0], opts, f"{kind} {art.kind}"))
+            if art.spec.runs_here():
+                runnable[art.kind] = art.path
     progress(f"{kind}: FP32 Paddle Inference reference latency")
-    from edge_shitu.converters.paddle_model import find_model_files, load_model
+    from edge_shitu.converters.paddle_model import load_model
+    from edge_shitu.runtimes.paddle_backend import find_model_files
 
     files = find_model_files(model_dir)
+    assert files.params_path is not None
     reference = {"bytes": files.params_path.stat().st_size + files.model_path.stat().st_size,
                  "params": count_params(load_model(model_dir)),
-                 "latency_ms": _ref_latency(model_dir, latency_feed, opts)}
+                 "latency_ms": _latency(model_dir, "paddle", verify[0], opts)}
     return ModelResult(kind, pre_dict, entries, reference, pruning, runnable=runnable)
 
 
 # ---------------------------------------------------------------- gallery
 def embed(path: Path | None, kind: str | None, model_dir: Path, pre: RecPreprocess, images: Sequence[np.ndarray],
           threads: int = 2) -> np.ndarray:
-    """Features of images from an artifact (or the FP32 reference when path is None)."""
-    from edge_shitu.converters.paddle_model import PaddleInferenceRunner
-    from edge_shitu.runtimes.backend import open_backend
-
-    runner: Any = PaddleInferenceRunner(model_dir, threads=threads) if path is None else open_backend(path, kind,
-                                                                                                        threads)
-    name = runner.input_names[0] if path is None else runner.inputs[0].name
-    feats = [np.asarray(runner.run({name: pre.batch([im])})[0], dtype=np.float32).reshape(-1) for im in images]
-    return np.stack(feats)
+    """Features of images from an artifact (or the FP32 reference when path is None), through the
+    one feature computation that `gallery build` also uses (edge_shitu/gallery_build_embed.py)."""
+    return embed_images(model_dir if path is None else path, "paddle" if path is None else kind, pre, images,
+                        threads)
 
 
 def _loo_top1(feats: np.ndarray) -> np.ndarray:
-    x = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    x = l2_normalize(feats)
     s = x @ x.T
     np.fill_diagonal(s, -np.inf)
     return s.argmax(1)
@@ -443,8 +432,11 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
         # ---- the gallery: FP32 reference features (default) or the device's primary artifact's
         say(f"gallery: FP32 reference features of {len(images)} photos")
         ref_feats = embed(None, None, Path(rec_dir), pre, images)
-        primary = f"tflite:{board.precision}" if board.backend == "tflite" else f"nb:x86:{board.precision}"
-        primary_art = rec.runnable.get(primary) or next(iter(rec.runnable.values()), None)
+        try:  # the board's artifact as this host runs it
+            primary: str | None = kind_for(board.backend, board.precision)
+        except EdgeShituError:
+            primary = None
+        primary_art = (rec.runnable.get(primary) if primary else None) or next(iter(rec.runnable.values()), None)
         rows = spread_rows(len(images), opts.n_agree)
         feats, embedded_by = ref_feats, "paddle:fp32 reference"
         if opts.gallery_features == "artifact" and primary_art is not None:

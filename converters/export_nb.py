@@ -1,6 +1,6 @@
 """Paddle inference model -> Paddle Lite ``.nb`` (arm or x86, fp32 or int8), checked before it lands.
 
-Sharp edges handled here (../shared/notes/toolchain-facts.md, re-measured):
+Sharp edges handled here (measured on the pinned toolchain, docs/toolchain.md):
 
 - ``opt`` SEGFAULTS on programs saved by paddle >= 2.6 because ``flatten_contiguous_range`` /
   ``transpose2`` (and friends) lost their ``XShape`` output. :func:`add_missing_xshape` adds the
@@ -27,7 +27,7 @@ Sharp edges handled here (../shared/notes/toolchain-facts.md, re-measured):
 - the real PP-ShiTu mainbody detector makes its anchor offset an FP64 ``fill_constant``: Lite
   2.13 has no such kernel and ABORTS the process at the first run. :func:`demote_fp64_constants`
   makes it fp32 (0.5 is exact). Because Lite aborts instead of raising, ``.nb`` files are run
-  for verification in a child process (:func:`verify_in_subprocess`).
+  for verification in a child process (``converters/verify.py``).
 - a detector ending in NMS is verified by its boxes (matched at IoU 0.5) and, since synthetic or
   tied scores make NMS outputs unstable, by its head tensors through an x86 ``.nb`` of the
   program cut before the decode loop.
@@ -35,11 +35,8 @@ Sharp edges handled here (../shared/notes/toolchain-facts.md, re-measured):
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -49,15 +46,18 @@ from typing import Any, Optional
 import numpy as np
 
 from edge_shitu.atomic import atomic_write
-from edge_shitu.converters.verify import Artifact, Feeds, Fidelity, check, thresholds_for, verify_in_subprocess
+from edge_shitu.converters.child import run_worker
+from edge_shitu.converters.exporter import ExportJob, kind_named
+from edge_shitu.converters.verify import Feeds, Fidelity, verify_nb
 from edge_shitu.errors import EdgeShituError
+from edge_shitu.formats import CPU_FAMILIES, Artifact, artifact_format
 from edge_shitu.runtimes.nb_format import NbModel, read_nb
 from edge_shitu.runtimes.paddle_backend import find_model_files
 
 # Ops whose second output is the "XShape" bookkeeping tensor Paddle Lite's opt still expects.
 XSHAPE_OPS = frozenset({"flatten_contiguous_range", "transpose2", "reshape2", "squeeze2",
                         "unsqueeze2", "flatten2"})
-TARGETS = ("arm", "x86")
+TARGETS = CPU_FAMILIES  # the CPU families Paddle Lite builds kernels for
 _FUSE_PASS = "lite_conv_activation_fuse_pass"
 OPT_TIMEOUT_S = 900
 
@@ -198,9 +198,9 @@ def prepare_program(
 
     Returns (pdmodel, pdiparams, number of ops fixed). The user's files are never modified.
     """
-    model, params = find_model_files(model_dir)
-    if params is None:
-        raise EdgeShituError(f"{model} has no .pdiparams beside it: the converter needs weights")
+    files = find_model_files(model_dir, need_params=True)
+    model, params = files.model_path, files.params_path
+    assert params is not None
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     data, fixed = add_missing_xshape(model.read_bytes())
@@ -262,20 +262,11 @@ def _worker(job: dict[str, Any]) -> None:
 def _run_opt(model: Path, params: Path, out_prefix: Path, target: str, int8: bool) -> Path:
     job = {"model": str(model), "params": str(params), "out": str(out_prefix), "target": target,
            "int8": int8, "discard": [_FUSE_PASS] if int8 else []}
-    cmd = [sys.executable, "-m", "edge_shitu.converters.export_nb", "--worker", json.dumps(job)]
-    env = dict(os.environ, GLOG_minloglevel="2")
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=OPT_TIMEOUT_S, env=env)
-    except subprocess.TimeoutExpired as e:
-        raise EdgeShituError(f"Paddle Lite opt did not finish in {OPT_TIMEOUT_S} s on {model}") from e
+    stage = f"Paddle Lite opt ({target}{' int8' if int8 else ''}) on {model}"
+    run_worker("edge_shitu.converters.export_nb", job, stage=stage, timeout=OPT_TIMEOUT_S)
     nb = out_prefix.with_name(out_prefix.name + ".nb")
-    if proc.returncode != 0 or not nb.exists():
-        tail = " | ".join((proc.stderr or proc.stdout or "").strip().splitlines()[-3:])
-        how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
-        raise EdgeShituError(
-            f"Paddle Lite opt failed ({how}) converting {model} for {target}"
-            f"{' int8' if int8 else ''}: {tail[-400:]}"
-        )
+    if not nb.exists():
+        raise EdgeShituError(f"{stage} failed: it wrote no {nb.name}")
     return nb
 
 
@@ -441,28 +432,13 @@ def to_nb(
         fidelity: Optional[Fidelity] = None
         extra: dict[str, Any] = {}
         if verify_feeds is not None:
-            run_me = twin_path if twin_path is not None else nb
-            stage = f"nb-{target}-{precision}" + (" (x86 twin)" if twin_path is not None else "")
-            ref_dir = Path(reference or model_dir)
-            gate = dict(thresholds) if thresholds is not None else thresholds_for(precision)
-            if target == "arm" and int8:
-                # Lite's x86 int8 kernels are not a faithful stand-in for its arm ones (they return
-                # wrong features on real models and can even crash, see the module doc): the x86
-                # twin's figure is recorded, the gate is the quantized program itself (its scales
-                # are what opt baked into the file, whose weights equal the twin's) in Paddle Inference.
-                try:
-                    extra["x86_twin_fidelity"] = _verify_nb(run_me, model, params, ref_dir, verify_feeds, stage,
-                                                            int8, tmpd).to_dict()
-                except EdgeShituError as e:  # informative only: a crash of the x86 int8 kernels is recorded
-                    extra["x86_twin_fidelity"] = {"error": str(e)}
-                fidelity = _verify_quantized_program(model, ref_dir, verify_feeds, "nb-arm-int8 (quantized program)")
-            else:
-                fidelity = _verify_nb(run_me, model, params, ref_dir, verify_feeds, stage, int8, tmpd)
-                if fidelity.boxes is not None:
-                    gate.setdefault("box_match", 0.9)
-            check(fidelity, gate)
-            if target != "arm" or not int8:
-                fidelity.artifact = str(out_path if twin_path is None else (twin_out or run_me.name))
+            def build_x86(src: Path, name: str) -> Path:
+                return _run_opt(src / "inference.pdmodel", src / "inference.pdiparams", tmpd / name, "x86", int8)
+
+            fidelity, extra = verify_nb(nb, twin_path, model, Path(reference or model_dir), verify_feeds, cpu=target,
+                                        int8=int8, thresholds=thresholds, work=tmpd, build_x86=build_x86)
+            if twin_path is None or not int8:
+                fidelity.artifact = Path(out_path if twin_path is None else (twin_out or twin_path)).name
         with atomic_write(out_path) as f, open(nb, "rb") as src:
             shutil.copyfileobj(src, f)
         if twin_path is not None and twin_out is not None:
@@ -470,38 +446,11 @@ def to_nb(
                 shutil.copyfileobj(src, f)
     structure.path = str(out_path)
     return Artifact(
-        path=str(out_path), format="nb", precision=precision, bytes=out_path.stat().st_size,
-        target=target, fidelity=fidelity,
+        kind_named("nb", precision, target), out_path, bytes=out_path.stat().st_size, fidelity=fidelity,
         details={"structure": structure.to_dict(), "program_fixes": fixed,
                  "verified_by": _verified_by(target, int8, fidelity), **extra,
                  "route": "CxxConfig, discarded " + _FUSE_PASS if int8 else "opt"},
     )
-
-
-def _verify_nb(nb: Path, model: Path, params: Path, reference: Path, feeds: Sequence[Feeds], stage: str,
-               int8: bool, tmpd: Path) -> Fidelity:
-    """Run an x86 ``.nb`` (in a child process: Lite aborts on unsupported kernels) against the
-    FP32 reference. A detector ending in NMS is compared by boxes, and its head by tensors
-    through an x86 ``.nb`` of the program cut before the decode loop (raw outputs do not suffer
-    from NMS score ties)."""
-    from edge_shitu.converters.export_onnx import find_picodet_head, has_nms, write_cut_model
-
-    if not has_nms(model):
-        return verify_in_subprocess(str(nb), str(reference), feeds, stage=stage, kind="nb")
-    fid = verify_in_subprocess(str(nb), str(reference), feeds, stage=stage, kind="nb", mode="boxes")
-    try:
-        head = find_picodet_head(model)
-    except EdgeShituError:
-        return fid  # not PicoDet: boxes only
-    cut_names = head.scores + head.dists
-    cut_src = write_cut_model(model.parent, tmpd / "cut_src", [head.image], cut_names)
-    cut_nb = _run_opt(cut_src / "inference.pdmodel", cut_src / "inference.pdiparams", tmpd / "cut_x86", "x86", int8)
-    cut_ref = write_cut_model(reference, tmpd / "cut_ref", [head.image], cut_names)
-    raw = verify_in_subprocess(str(cut_nb), str(cut_ref), [{head.image: f[head.image]} for f in feeds],
-                               stage=stage + " head", kind="nb")
-    fid.outputs = raw.outputs
-    fid.note = "detector: boxes after NMS vs the full program; head tensors via an x86 .nb cut before NMS"
-    return fid
 
 
 def _verified_by(target: str, int8: bool, fidelity: Optional[Fidelity]) -> str:
@@ -514,14 +463,6 @@ def _verified_by(target: str, int8: bool, fidelity: Optional[Fidelity]) -> str:
     return "structure + executed x86 twin with identical weights"
 
 
-def _verify_quantized_program(model: Path, reference: Path, feeds: Sequence[Feeds], stage: str) -> Fidelity:
-    from edge_shitu.converters.verify import compare
-    from edge_shitu.runtimes.backend import open_backend
-    from edge_shitu.runtimes.paddle_backend import PaddleBackend
-
-    return compare(open_backend(reference, "paddle"), PaddleBackend(model.parent, mkldnn=False), feeds, stage=stage)
-
-
 def _feed_names(pdmodel: Path) -> list[str]:
     from edge_shitu.runtimes.paddle_backend import program_io
 
@@ -529,13 +470,25 @@ def _feed_names(pdmodel: Path) -> list[str]:
     return [s.name for s in specs]
 
 
-def _main(argv: Sequence[str]) -> int:
-    if len(argv) == 2 and argv[0] == "--worker":
-        _worker(json.loads(argv[1]))
-        return 0
-    print("usage: python -m edge_shitu.converters.export_nb --worker JOB_JSON", file=sys.stderr)
-    return 2
+def export(job: ExportJob) -> list[Artifact]:
+    """The exporter contract (``converters/exporter.py``) for ``nb:*`` kinds: one ``.nb`` per kind
+    from the kind's source (the Paddle program, or PaddleSlim's quantized program for int8).
+    An arm file's x86 twin is kept in ``job.work_dir`` as ``<file stem>_x86twin.nb``."""
+    out = []
+    for kind in job.kinds:
+        fmt = artifact_format(kind)
+        job.progress(f"{job.model}: Paddle Lite .nb {fmt.cpu} {fmt.precision}")
+        dest = job.dest(kind)
+        twin = (Path(job.work_dir) / f"{dest.stem}_x86twin.nb"
+                if fmt.cpu == "arm" and job.work_dir is not None else None)
+        art = to_nb(job.source_for(kind), dest, target=fmt.cpu or "", int8=fmt.precision == "int8",
+                    verify_feeds=job.verify_feeds, reference=job.reference, thresholds=job.thresholds, twin_out=twin)
+        art.model = job.model
+        out.append(art)
+    return out
 
 
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    from edge_shitu.converters.child import worker_main
+
+    worker_main(_worker)

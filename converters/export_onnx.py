@@ -18,10 +18,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,26 +27,14 @@ from typing import Any, Optional
 import numpy as np
 
 from edge_shitu.atomic import atomic_write
+from edge_shitu.converters.child import run_worker
 from edge_shitu.converters.export_nb import prepare_program, program_is_quantized
-from edge_shitu.converters.verify import (
-    Artifact,
-    Feeds,
-    Fidelity,
-    check,
-    compare,
-    compare_boxes,
-    thresholds_for,
-)
-from edge_shitu.detection import (
-    PicoDetHead,
-    anchor_centers,
-    candidate_boxes,
-    decode_picodet,
-    iou_matrix,
-    postprocess_detections,
-)
+from edge_shitu.converters.exporter import ExportJob, kind_named
+from edge_shitu.converters.verify import Feeds, Fidelity, thresholds_for, verify_in_process
+from edge_shitu.detection import PicoDetHead, anchor_centers
 from edge_shitu.errors import EdgeShituError
-from edge_shitu.runtimes.paddle_backend import find_model_files, program_io
+from edge_shitu.formats import Artifact
+from edge_shitu.runtimes.paddle_backend import ModelFiles, find_model_files, program_io
 
 OPSET = 13
 EXPORT_TIMEOUT_S = 600
@@ -175,29 +160,26 @@ def _worker(job: dict[str, Any]) -> None:
     raise ValueError(job["op"])
 
 
-def _child(job: dict[str, Any], what: str) -> None:
-    cmd = [sys.executable, "-m", "edge_shitu.converters.export_onnx", "--worker", json.dumps(job)]
-    env = dict(os.environ, GLOG_minloglevel="2", FLAGS_enable_pir_api="0")
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S, env=env)
-    except subprocess.TimeoutExpired as e:
-        raise EdgeShituError(f"{what} did not finish in {EXPORT_TIMEOUT_S} s") from e
-    if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr or proc.stdout or "").strip().splitlines() if ln.strip()]
-        how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
-        raise EdgeShituError(f"{what} failed ({how}): {' | '.join(lines[-3:])[-400:]}")
+def _child(job: dict[str, Any], stage: str) -> None:
+    # paddle2onnx 1.x reads the legacy ProgramDesc only
+    env = dict(os.environ, FLAGS_enable_pir_api="0")
+    run_worker("edge_shitu.converters.export_onnx", job, stage=stage, timeout=EXPORT_TIMEOUT_S, env=env)
+
+
+def _weights_and_out(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> tuple[ModelFiles, Path]:
+    """The model's files (weights required) and the created output folder."""
+    files = find_model_files(model_dir, need_params=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return files, out
 
 
 def prune_program(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                   feeds: Sequence[str], fetches: Sequence[str]) -> Path:
     """Save a copy of a program keeping only what ``fetches`` need (paddle prunes the rest)."""
-    model, params = find_model_files(model_dir)
-    if params is None:
-        raise EdgeShituError(f"{model} has no .pdiparams beside it")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _child({"op": "prune", "model": str(model), "params": str(params), "out": str(out),
-            "feeds": list(feeds), "fetches": list(fetches)}, f"pruning {model}")
+    files, out = _weights_and_out(model_dir, out_dir)
+    _child({"op": "prune", "model": str(files.model_path), "params": str(files.params_path), "out": str(out),
+            "feeds": list(feeds), "fetches": list(fetches)}, f"pruning {files.model_path}")
     return out
 
 
@@ -270,13 +252,10 @@ def cut_program(program: bytes, feeds: Sequence[str], fetches: Sequence[str]) ->
 def write_cut_model(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                     feeds: Sequence[str], fetches: Sequence[str]) -> Path:
     """:func:`cut_program` on a model directory; the weights file is copied unchanged."""
-    model, params = find_model_files(model_dir)
-    if params is None:
-        raise EdgeShituError(f"{model} has no .pdiparams beside it")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "inference.pdmodel").write_bytes(cut_program(model.read_bytes(), feeds, fetches))
-    (out / "inference.pdiparams").write_bytes(params.read_bytes())
+    files, out = _weights_and_out(model_dir, out_dir)
+    assert files.params_path is not None
+    (out / "inference.pdmodel").write_bytes(cut_program(files.model_path.read_bytes(), feeds, fetches))
+    (out / "inference.pdiparams").write_bytes(files.params_path.read_bytes())
     return out
 
 
@@ -393,7 +372,7 @@ def to_onnx(
     out_path = Path(out_path)
     if out_path.suffix != ".onnx":
         raise EdgeShituError(f"{out_path} must end in .onnx")
-    model, _params = find_model_files(model_dir)
+    model = find_model_files(model_dir, need_params=False).model_path
     quantized = program_is_quantized(model)
     details: dict[str, Any] = {"opset_requested": opset, "quantized_program": quantized, "cut_before_nms": False}
     head: Optional[PicoDetHead] = None
@@ -410,7 +389,7 @@ def to_onnx(
         elif has_nms(model):
             raise EdgeShituError(
                 f"{model_dir} ends in NMS / control flow that ONNX export cannot carry: use cut_before_nms=True")
-        shapes = _static_shapes(find_model_files(src_dir)[0], input_shapes)
+        shapes = _static_shapes(find_model_files(src_dir, need_params=False).model_path, input_shapes)
         pm, pp, _ = prepare_program(src_dir, tmpd / "src", input_shapes=shapes)
         raw = tmpd / "raw.onnx"
         _child({"op": "export", "model": str(pm), "params": str(pp), "out": str(raw), "opset": opset},
@@ -431,76 +410,35 @@ def to_onnx(
 
         fidelity: Optional[Fidelity] = None
         if verify_feeds is not None:
-            fidelity = verify_onnx_or_tflite(final_tmp, "onnx", reference or model_dir, verify_feeds,
-                                             stage="onnx-" + ("int8-qdq" if quantized else "fp32"),
-                                             head=head, cut_dir=src_dir if head else None,
-                                             thresholds=thresholds or thresholds_for("int8" if quantized else "fp32"))
-            fidelity.artifact = str(out_path)
+            fidelity = verify_in_process(final_tmp, "onnx", reference or model_dir, verify_feeds,
+                                         stage="onnx-" + ("int8-qdq" if quantized else "fp32"),
+                                         head=head, cut_dir=src_dir if head else None,
+                                         thresholds=thresholds or thresholds_for("int8" if quantized else "fp32"))
+            fidelity.artifact = out_path.name
         with atomic_write(out_path) as f:
             f.write(final_tmp.read_bytes())
-    return Artifact(path=str(out_path), format="onnx", precision="int8" if quantized else "fp32",
-                    bytes=out_path.stat().st_size, fidelity=fidelity, details=details)
+    return Artifact(kind_named("onnx", "int8" if quantized else "fp32"), out_path, bytes=out_path.stat().st_size,
+                    fidelity=fidelity, details=details)
 
 
-def verify_onnx_or_tflite(
-    path: Path,
-    kind: str,
-    reference: str | os.PathLike[str],
-    feeds: Sequence[Feeds],
-    *,
-    stage: str,
-    thresholds: Mapping[str, float],
-    head: Optional[PicoDetHead] = None,
-    cut_dir: Optional[Path] = None,
-    ref_outputs: Optional[Sequence[Sequence[np.ndarray]]] = None,
-) -> Fidelity:
-    """Verify an ONNX/TFLite artifact; cut detectors get tensor + box comparisons."""
-    from edge_shitu.converters.verify import run_all
-    from edge_shitu.runtimes.backend import open_backend
-
-    art = open_backend(path, kind, 1)
-    if head is None:
-        ref = open_backend(reference, "paddle", 1)
-        fid = compare(ref, art, feeds, stage=stage, ref_outputs=ref_outputs)
-        check(fid, thresholds)
-        return fid
-    # detector: decoded Paddle head vs artifact tensors, then boxes after NMS vs the full program
-    assert cut_dir is not None
-    cut = open_backend(cut_dir, "paddle", 1)
-    image_feeds = [{head.image: f[head.image]} for f in feeds]
-    raw = run_all(cut, image_feeds)
-    decoded = [list(decode_picodet(r, head)) for r in raw]
-    from edge_shitu.converters.verify import compare_tensors
-
-    arts = run_all(art, image_feeds)
-    outs = [compare_tensors(name, [d[i] for d in decoded], [a[i] for a in arts])
-            for i, name in enumerate(("boxes", "scores"))]
-    full = open_backend(reference, "paddle", 1)
-    full_out = run_all(full, feeds)
-    ref_boxes, art_boxes, cand = [], [], []
-    for f, fo, a in zip(feeds, full_out, arts):
-        im_shape = np.asarray(f.get("im_shape", np.array([f[head.image].shape[2:]]))).reshape(-1)[:2]
-        sf = np.asarray(f.get("scale_factor", np.array([[1.0, 1.0]]))).reshape(-1)[:2]
-        ref_boxes.append(np.asarray(fo[0]).reshape(-1, 6))
-        art_boxes.append(postprocess_detections(a[0], a[1], head, im_shape, sf))
-        cand.append(candidate_boxes(a[0], im_shape, sf))
-    boxes = compare_boxes(ref_boxes, art_boxes)
-    present = sum(int((iou_matrix(r[:, 2:], c).max(1, initial=0.0) >= 0.5).sum()) for r, c in zip(ref_boxes, cand))
-    boxes.candidates_frac = present / boxes.ref_boxes if boxes.ref_boxes else float("nan")
-    fid = Fidelity(stage=stage, artifact=art.name, reference=full.name, samples=len(feeds), outputs=outs,
-                   boxes=boxes,
-                   note="detector cut before NMS: tensors vs decoded Paddle head; boxes vs full program")
-    check(fid, {"box_match": 0.9, **thresholds})
-    return fid
-
-
-def _main(argv: Sequence[str]) -> int:
-    if len(argv) == 2 and argv[0] == "--worker":
-        _worker(json.loads(argv[1]))
-        return 0
-    print("usage: python -m edge_shitu.converters.export_onnx --worker JOB_JSON", file=sys.stderr)
-    return 2
+def export(job: ExportJob) -> list[Artifact]:
+    """The exporter contract (``converters/exporter.py``) for ``onnx:*`` kinds (intermediates:
+    TFLite is converted from ONNX). Options: ``cut_before_nms`` (a PicoDet detector),
+    ``input_shapes``; the precision follows the source program (quantized or not)."""
+    out = []
+    for kind in job.kinds:
+        job.progress(f"{job.model}: ONNX export")
+        art = to_onnx(job.source_for(kind), job.dest(kind), input_shapes=job.options.get("input_shapes"),
+                      cut_before_nms=bool(job.options.get("cut_before_nms")), verify_feeds=job.verify_feeds,
+                      reference=job.reference, thresholds=job.thresholds)
+        if art.kind != kind:
+            raise EdgeShituError(f"{kind} was asked for but {job.source_for(kind)} exports as {art.kind}")
+        art.model = job.model
+        out.append(art)
+    return out
 
 
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    from edge_shitu.converters.child import worker_main
+
+    worker_main(_worker)

@@ -1,6 +1,6 @@
 """ONNX -> TFLite fp32 / fp16 / int8 through onnx2tf and the TF converter, each file verified.
 
-Every onnx2tf trap from ../shared/notes/toolchain-facts.md is handled here:
+Every onnx2tf trap met with the pinned toolchain (docs/toolchain.md) is handled here:
 
 - onnx2tf OVERWRITES its input with the simplified graph: it gets a copy.
 - it tries to DOWNLOAD a calibration sample for any 3-channel NCHW input (even with -cind) and
@@ -29,10 +29,8 @@ Every onnx2tf trap from ../shared/notes/toolchain-facts.md is handled here:
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -42,23 +40,23 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from edge_shitu.atomic import atomic_write
-from edge_shitu.converters.export_onnx import PicoDetHead, verify_onnx_or_tflite
-from edge_shitu.converters.verify import Artifact, Feeds, thresholds_for
+from edge_shitu.converters.child import run_worker
+from edge_shitu.converters.exporter import ExportJob, image_input, kind_named
+from edge_shitu.converters.verify import Feeds, thresholds_for, verify_in_process
+from edge_shitu.detection import PicoDetHead
 from edge_shitu.errors import EdgeShituError
+from edge_shitu.formats import PRECISIONS, Artifact, artifact_format
+from edge_shitu.runtimes.backend import normalize_name
 
-PRECISIONS = ("fp32", "fp16", "int8")
 CONVERT_TIMEOUT_S = 1800
 CALIB_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 Calibration = Union[np.ndarray, Mapping[str, np.ndarray]]
 
 
-def _norm(name: str) -> str:
-    return re.sub(r"[^0-9a-z]", "", re.sub(r":\d+$", "", name.lower()))
-
-
 # ----------------------------------------------------------------------------- child process
-def _worker(job: dict[str, Any]) -> None:
-    """Child process: onnx2tf (fp32/fp16 + SavedModel), then the TF converter for int8."""
+def _worker(job: dict[str, Any]) -> dict[str, Any]:
+    """Child process: onnx2tf (fp32/fp16 + SavedModel), then the TF converter for int8; returns
+    {precision: file} plus what the int8 conversion did."""
     work = Path(job["work"])
     os.chdir(work)
     np.save(work / CALIB_SAMPLE, np.zeros((20, 128, 128, 3), np.float32))
@@ -87,10 +85,10 @@ def _worker(job: dict[str, Any]) -> None:
         loaded = tf.saved_model.load(str(work / "saved_model"))
         sig = loaded.signatures["serving_default"]
         sig_inputs = [k for k in sig.structured_input_signature[1]]
-        by_norm = {_norm(k): k for k in calib}
+        by_norm = {normalize_name(k): k for k in calib}
         mapping: dict[str, str] = {}
         for s in sig_inputs:
-            key = by_norm.get(_norm(s))
+            key = by_norm.get(normalize_name(s))
             if key is None and len(sig_inputs) == 1 and len(calib) == 1:
                 key = next(iter(calib))
             if key is None:
@@ -123,7 +121,7 @@ def _worker(job: dict[str, Any]) -> None:
         out = work / "model_int8.tflite"
         out.write_bytes(data)
         result["int8"] = str(out)
-    (work / "result.json").write_text(json.dumps(result))
+    return result
 
 
 FULL_INT8 = "full-integer ops, float32 input/output"
@@ -341,21 +339,11 @@ def to_tflite(
         job = {"work": str(work), "onnx": str(copy), "precisions": list(precisions), "calib": calib_files,
                "rtpo": ["hardswish"] if replace_hardswish else [], "float_pooling": float_pooling,
                "mse_ranges": mse_ranges}
-        cmd = [sys.executable, "-m", "edge_shitu.converters.export_tflite", "--worker", json.dumps(job)]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CONVERT_TIMEOUT_S,
-                                  env=env, cwd=work)
-        except subprocess.TimeoutExpired as e:
-            raise EdgeShituError(f"onnx2tf did not finish in {CONVERT_TIMEOUT_S} s on {onnx_path.name}") from e
-        log = (proc.stdout or "") + (proc.stderr or "")
-        if proc.returncode != 0 or not (work / "result.json").exists():
-            lines = [ln for ln in log.strip().splitlines()
-                     if ln.strip() and not ln.startswith(("W0000", "I0000"))]
-            tail = " | ".join(lines[-3:])[-500:]
-            raise EdgeShituError(f"TFLite conversion of {onnx_path.name} failed (exit {proc.returncode}): {tail}")
-        if re.search(r"onnxsim.*(not found|No such file)|Failed to optimize the onnx file", log, re.I):
+        logs: list[str] = []
+        produced = run_worker("edge_shitu.converters.export_tflite", job, timeout=CONVERT_TIMEOUT_S, env=env,
+                              cwd=work, log=logs, stage=f"TFLite conversion of {onnx_path.name}")
+        if re.search(r"onnxsim.*(not found|No such file)|Failed to optimize the onnx file", logs[0], re.I):
             raise EdgeShituError(f"onnx2tf could not run onnxsim on {onnx_path.name}; the TFLite graph may be wrong")
-        produced = json.loads((work / "result.json").read_text())
 
         cut_dir: Optional[Path] = None
         if head is not None and verify_feeds is not None:
@@ -374,8 +362,8 @@ def to_tflite(
                 raise EdgeShituError("verify_feeds needs reference= (the FP32 Paddle model directory)")
             th = thresholds[p] if thresholds is not None and p in thresholds else thresholds_for(p)
             try:
-                fidelities[p] = verify_onnx_or_tflite(Path(produced[p]), "tflite", reference, verify_feeds,
-                                                      stage=f"tflite-{p}", thresholds=th, head=head, cut_dir=cut_dir)
+                fidelities[p] = verify_in_process(Path(produced[p]), "tflite", reference, verify_feeds,
+                                                  stage=f"tflite-{p}", thresholds=th, head=head, cut_dir=cut_dir)
             except EdgeShituError as e:
                 rejected[p] = str(e)
                 fidelities[p] = getattr(e, "fidelity", None)
@@ -385,16 +373,17 @@ def to_tflite(
         if calibration is not None:
             n_calib = min(len(v) for v in _calib_to_model_layout(calibration, input_names).values())
         for p in precisions:
-            dest = out_dir / f"{name}_{p}.tflite"
+            kind = kind_named("tflite", p)
+            dest = out_dir / artifact_format(kind).filename(name)
             if p in rejected:
-                results[p] = Artifact(path="", format="tflite", precision=p, bytes=Path(produced[p]).stat().st_size,
+                results[p] = Artifact(kind, Path(""), bytes=Path(produced[p]).stat().st_size,
                                       fidelity=fidelities[p], details={"rejected": rejected[p]})
                 continue
             with atomic_write(dest) as f:
                 f.write(Path(produced[p]).read_bytes())
             fid = fidelities[p]
             if fid is not None:
-                fid.artifact = str(dest)
+                fid.artifact = dest.name
             details: dict[str, Any] = {
                 "converter": "onnx2tf" if p != "int8" else "onnx2tf SavedModel + TFLiteConverter",
                 "hardswish": "pseudo-op (x*relu6(x+3)/6)" if replace_hardswish else "HARD_SWISH",
@@ -408,18 +397,33 @@ def to_tflite(
             if head is not None:
                 details["cut_before_nms"] = True
                 details["head"] = head.to_dict()
-            results[p] = Artifact(path=str(dest), format="tflite", precision=p, bytes=dest.stat().st_size,
-                                  fidelity=fid, details=details)
+            results[p] = Artifact(kind, dest, bytes=dest.stat().st_size, fidelity=fid, details=details)
     return results
 
 
-def _main(argv: Sequence[str]) -> int:
-    if len(argv) == 2 and argv[0] == "--worker":
-        _worker(json.loads(argv[1]))
-        return 0
-    print("usage: python -m edge_shitu.converters.export_tflite --worker JOB_JSON", file=sys.stderr)
-    return 2
+def export(job: ExportJob) -> list[Artifact]:
+    """The exporter contract (``converters/exporter.py``) for ``tflite:*`` kinds: every precision
+    from the fp32 ONNX source in one onnx2tf child process, int8 calibrated on the image input of
+    ``job.calibration``. Options: ``detector_head`` (a detector cut before NMS: the ONNX export's
+    ``details["head"]``), ``float_pooling``, ``mse_ranges``, ``replace_hardswish``."""
+    precisions = [artifact_format(k).precision for k in job.kinds]
+    calib = None
+    if job.calibration:
+        image = image_input(job.calibration[0])
+        calib = np.concatenate([c[image] for c in job.calibration], axis=0)
+    job.progress(f"{job.model}: TFLite {', '.join(precisions)} (onnx2tf, int8 calibrated on "
+                 f"{len(job.calibration or [])} images)")
+    opts = {k: job.options[k] for k in ("detector_head", "float_pooling", "mse_ranges", "replace_hardswish")
+            if k in job.options}
+    arts = to_tflite(job.source_for(job.kinds[0]), job.out_dir, name=job.model, precisions=precisions,
+                     calibration=calib, verify_feeds=job.verify_feeds, reference=job.reference,
+                     thresholds=None if job.thresholds is None else {p: job.thresholds for p in precisions}, **opts)
+    for a in arts.values():
+        a.model = job.model
+    return [arts[p] for p in precisions]
 
 
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    from edge_shitu.converters.child import worker_main
+
+    worker_main(_worker)

@@ -33,10 +33,8 @@ import numpy as np
 
 from edge_shitu.atomic import atomic_dir
 from edge_shitu.errors import CorruptFileError, EdgeShituError
+from edge_shitu.runtimes.paddle_backend import MODEL_FILE, PARAMS_FILE, _first_line, find_model_files
 
-MODEL_FILE = "inference.pdmodel"
-PARAMS_FILE = "inference.pdiparams"
-PIR_FILE = "inference.json"
 # Files that travel with a model folder and must survive prune/quantize/save.
 SIDE_FILES = ("infer_cfg.yml", "inference.yml", "inference.pdiparams.info")
 
@@ -53,71 +51,6 @@ def _paddle() -> Any:
 
     paddle.enable_static()
     return paddle
-
-
-def _first_line(exc: BaseException, limit: int = 240) -> str:
-    """Paddle errors are multi-line C++ dumps; keep the line that says what went wrong."""
-    text = str(exc)
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in lines:
-        low = ln.lower()
-        if ("error" in low or "enforce" in low or "not" in low) and not ln.startswith(("---", "C++", "[")):
-            return ln[:limit]
-    return (lines[0] if lines else type(exc).__name__)[:limit]
-
-
-@dataclass
-class ModelFiles:
-    """Where the parts of a Paddle model live (params is None for a graph-only model)."""
-
-    model_dir: Path
-    model_path: Path
-    params_path: Path | None
-
-
-def find_model_files(model_dir: str | os.PathLike[str], need_params: bool = True) -> ModelFiles:
-    """Locate ``.pdmodel``/``.pdiparams`` in a folder (or from a ``.pdmodel`` path).
-
-    Accepts ``inference.pdmodel`` or any single ``*.pdmodel`` with a same-stem ``.pdiparams``,
-    since PaddleClas/PaddleOCR/PaddleDetection exports differ in file stems.
-    """
-    p = Path(model_dir)
-    if p.is_file() and p.suffix == ".pdmodel":
-        p, stem = p.parent, p.stem
-    elif not p.exists():
-        raise EdgeShituError(f"model directory {p} does not exist: pass the folder holding {MODEL_FILE}")
-    elif not p.is_dir():
-        raise EdgeShituError(f"{p} is not a model directory: pass the folder holding {MODEL_FILE}")
-    else:
-        stem = None
-    if stem is None:
-        if (p / MODEL_FILE).is_file():
-            stem = "inference"
-        else:
-            candidates = sorted(p.glob("*.pdmodel"))
-            if len(candidates) == 1:
-                stem = candidates[0].stem
-            elif len(candidates) > 1:
-                raise EdgeShituError(f"{p} holds several .pdmodel files ({', '.join(c.name for c in candidates)}): "
-                                     "pass the .pdmodel path itself")
-            elif (p / PIR_FILE).is_file():
-                raise EdgeShituError(
-                    f"{p} has only {PIR_FILE} (Paddle 3 PIR format), which is not supported yet: re-export "
-                    "with FLAGS_enable_pir_api=0 set before importing paddle (or with paddle 2.x) to get "
-                    f"{MODEL_FILE} + {PARAMS_FILE}")
-            else:
-                raise EdgeShituError(f"{p} has no {MODEL_FILE}: pass a Paddle inference model folder "
-                                     "(exported with paddle.jit.save / export_model.py)")
-    model_path = p / f"{stem}.pdmodel"
-    params_path = p / f"{stem}.pdiparams"
-    if not params_path.is_file():
-        if need_params:
-            hint = (" (graph only: synthesize test weights with edge_shitu.converters.synth_weights)"
-                    if (p / f"{stem}.pdiparams.info").is_file() else "")
-            raise EdgeShituError(f"{p} has {model_path.name} but no {params_path.name} (the weights){hint}: "
-                                 "copy the weights next to the graph")
-        params_path = None
-    return ModelFiles(p, model_path, params_path)
 
 
 def load_program(model_dir: str | os.PathLike[str]) -> tuple[Any, list[str], list[str]]:
@@ -351,48 +284,6 @@ def count_flops(model: PaddleModel | Any, input_shapes: Mapping[str, Sequence[in
         if macs:
             by_type[op.type] = by_type.get(op.type, 0) + macs
     return FlopCount(sum(by_type.values()), by_type)
-
-
-class PaddleInferenceRunner:
-    """The FP32 reference: Paddle Inference with oneDNN, as PaddleClas/PaddleDetection deploy it.
-
-    Every converted artifact is judged against this, so it uses the production predictor
-    (IR passes on) rather than the static Executor.
-    """
-
-    def __init__(self, model_dir: str | os.PathLike[str], threads: int = 1, mkldnn: bool = True) -> None:
-        paddle = _paddle()
-        from paddle import inference
-
-        files = find_model_files(model_dir, need_params=True)
-        assert files.params_path is not None
-        cfg = inference.Config(str(files.model_path), str(files.params_path))
-        cfg.disable_gpu()
-        if mkldnn:
-            cfg.enable_mkldnn()
-        cfg.set_cpu_math_library_num_threads(int(threads))
-        cfg.switch_ir_optim(True)
-        cfg.disable_glog_info()
-        try:
-            self.predictor = inference.create_predictor(cfg)
-        except Exception as e:
-            raise CorruptFileError(f"Paddle Inference cannot load {files.model_dir}: {_first_line(e)}") from None
-        self.input_names: list[str] = list(self.predictor.get_input_names())
-        self.output_names: list[str] = list(self.predictor.get_output_names())
-        self.model_dir = files.model_dir
-        del paddle
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        missing = set(self.input_names) - set(feeds)
-        if missing:
-            raise EdgeShituError(f"missing model inputs {sorted(missing)}: the model needs {self.input_names}")
-        for name in self.input_names:
-            h = self.predictor.get_input_handle(name)
-            arr = np.ascontiguousarray(feeds[name])
-            h.reshape(list(arr.shape))
-            h.copy_from_cpu(arr)
-        self.predictor.run()
-        return [self.predictor.get_output_handle(n).copy_to_cpu() for n in self.output_names]
 
 
 def copy_side_files(src_dir: str | os.PathLike[str], dst_dir: str | os.PathLike[str]) -> None:

@@ -41,10 +41,10 @@ from typing import Any
 import numpy as np
 
 from edge_shitu.errors import EdgeShituError
+from edge_shitu.runtimes.paddle_backend import PaddleBackend
 
 from .paddle_model import (
     FlopCount,
-    PaddleInferenceRunner,
     PaddleModel,
     _paddle,
     cosine,
@@ -248,8 +248,8 @@ class _Evaluator:
                 paddle.static.save_inference_model(
                     str(d / "inference"), [blk.var(n) for n in feed_names],
                     [blk.var(n) for n in self.targets], self.model.exe, program=program)
-            runner = PaddleInferenceRunner(d, threads=self.threads)
-            outs = [runner.run({k: f[k] for k in runner.input_names}) for f in self.feeds]
+            runner = PaddleBackend(d, threads=self.threads)
+            outs = [runner.run({s.name: f[s.name] for s in runner.inputs}) for f in self.feeds]
         finally:
             shutil.rmtree(d, ignore_errors=True)
         self.n_evals += 1

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -265,60 +265,25 @@ def quantize_in_subprocess(model_dir: str | os.PathLike[str], out_dir: str | os.
     """:func:`quantize` in a child process: Paddle's executor can SIGSEGV inside PaddleSlim's
     calibration (seen on detectors' NMS loops), which must become an error naming the stage, not
     a converter that dies without a word."""
-    import json
-    import subprocess
-    import sys
-
-    from edge_shitu.converters.verify import _save_feeds
+    from edge_shitu.converters.child import run_worker, save_feeds
 
     with tempfile.TemporaryDirectory(prefix="es-ptq-") as tmp:
         feeds_file = os.path.join(tmp, "feeds.npz")
-        _save_feeds(calib_feeds, feeds_file)
-        result = os.path.join(tmp, "report.json")
-        job = {"model": str(model_dir), "out": str(out_dir), "feeds": feeds_file, "result": result, "kw": kwargs}
-        cmd = [sys.executable, "-m", "edge_shitu.converters.quantize", "--worker", json.dumps(job)]
-        env = dict(os.environ, GLOG_minloglevel="2")
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-        except subprocess.TimeoutExpired as e:
-            raise EdgeShituError(f"PTQ of {model_dir} took longer than {timeout:.0f} s") from e
-        if proc.returncode != 0 or not os.path.exists(result):
-            lines = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
-            why = next((ln for ln in reversed(lines) if ln.startswith(("edge-shitu", "EdgeShituError", "RuntimeError",
-                                                                          "ValueError", "[F "))),
-                       lines[-1] if lines else "")
-            how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
-            raise EdgeShituError(f"PTQ of {model_dir} failed ({how}): {why[:300]}")
-        with open(result) as f:
-            r = json.load(f)
+        save_feeds(calib_feeds, feeds_file)
+        job = {"model": str(model_dir), "out": str(out_dir), "feeds": feeds_file, "kw": kwargs}
+        r = run_worker("edge_shitu.converters.quantize", job, stage=f"PTQ of {model_dir}", timeout=timeout)
     return QuantReport(Path(r["out_dir"]), r["algo"], r["onnx_format"], r["quantizable_op_type"], r["n_calib"],
                        r["n_quant_ops"], r["seconds"], r["op_counts"])
 
 
-def _main(argv: Sequence[str]) -> int:
-    import dataclasses
-    import json
-    import sys
+def _worker(job: dict[str, Any]) -> dict[str, Any]:
+    from edge_shitu.converters.child import load_feeds
 
-    if len(argv) != 2 or argv[0] != "--worker":
-        print("usage: python -m edge_shitu.converters.quantize --worker JOB_JSON", file=sys.stderr)
-        return 2
-    from edge_shitu.converters.verify import _load_feeds
-
-    job = json.loads(argv[1])
-    try:
-        rep = quantize(job["model"], job["out"], _load_feeds(job["feeds"]), **job["kw"])
-    except EdgeShituError as e:
-        print(f"edge-shitu: {e}", file=sys.stderr)
-        return 1
-    d = dataclasses.asdict(rep)
-    d["out_dir"] = str(rep.out_dir)
-    with open(job["result"], "w") as f:
-        json.dump(d, f)
-    return 0
+    rep = quantize(job["model"], job["out"], load_feeds(job["feeds"]), **job["kw"])
+    return {**asdict(rep), "out_dir": str(rep.out_dir)}
 
 
 if __name__ == "__main__":
-    import sys
+    from edge_shitu.converters.child import worker_main
 
-    sys.exit(_main(sys.argv[1:]))
+    worker_main(_worker)

@@ -288,13 +288,13 @@ def load_torch_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]
     or non-weights-only files.
     """
     p = Path(path)
+    if p.is_dir():
+        raise EdgeShituError(f"{p} is a directory: pass the .pth file itself")
+    if not p.exists():
+        raise EdgeShituError(f"torch checkpoint {p} does not exist: check the path")
     try:
         data = p.read_bytes()
-    except FileNotFoundError:
-        raise EdgeShituError(f"torch checkpoint {p} does not exist: check the path") from None
-    except IsADirectoryError:
-        raise EdgeShituError(f"{p} is a directory: pass the .pth file itself") from None
-    except OSError as e:
+    except OSError as e:  # permissions, I/O
         raise EdgeShituError(f"torch checkpoint {p} cannot be read ({e.strerror or e})") from None
     source = str(p)
     if not data:

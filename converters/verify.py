@@ -12,23 +12,40 @@ artifact into place. What is compared:
   degenerate (none above threshold, or thousands of identical ones), so the result is marked
   ``degenerate`` and the raw head outputs carry the verdict instead.
 
-:class:`Fidelity` is a plain dataclass that round-trips through JSON (it is stored in bundles).
-:func:`check` raises :class:`EdgeShituError` naming the stage and the measured figure.
+:class:`Fidelity` is a plain dataclass that round-trips through JSON (it is stored in bundles,
+so it names files, never build-machine paths: ``artifact`` is a file name, ``reference``
+:data:`FP32_REFERENCE`). :func:`check` raises :class:`EdgeShituError` naming the stage and the
+measured figure.
+
+The verification of every artifact kind lives here, the exporters only call it:
+:func:`verify_in_process` (ONNX Runtime, LiteRT; a detector cut before NMS by decoded head and
+boxes), :func:`verify_nb` (an x86 ``.nb`` run in a child process, an arm one through its x86
+twin or, for int8, the quantized program) and :func:`verify_in_subprocess` (any engine that can
+abort its process).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from edge_shitu.detection import iou_matrix, nms  # noqa: F401  (re-exported: the verifier's API)
+from edge_shitu.detection import (  # noqa: F401  (nms re-exported: the verifier's API)
+    PicoDetHead,
+    candidate_boxes,
+    decode_picodet,
+    iou_matrix,
+    nms,
+    postprocess_detections,
+)
 from edge_shitu.errors import EdgeShituError
 from edge_shitu.runtimes.backend import Backend
 
@@ -93,22 +110,16 @@ class Fidelity:
     boxes: Optional[BoxFidelity] = None
     note: str = ""
 
-    @property
-    def cosine_mean(self) -> float:
-        """The worst output's mean cosine (one number for the whole model)."""
-        return min((o.cosine_mean for o in self.outputs), default=float("nan"))
+    def _worst(self, key: str) -> float:
+        """The worst output's figure: the lowest cosine, the highest error (NaN without outputs)."""
+        pick = min if key.startswith("cosine") else max
+        return pick((getattr(o, key) for o in self.outputs), default=float("nan"))
 
-    @property
-    def cosine_min(self) -> float:
-        return min((o.cosine_min for o in self.outputs), default=float("nan"))
-
-    @property
-    def max_abs(self) -> float:
-        return max((o.max_abs for o in self.outputs), default=float("nan"))
-
-    @property
-    def max_rel(self) -> float:
-        return max((o.max_rel for o in self.outputs), default=float("nan"))
+    cosine_mean = property(lambda self: self._worst("cosine_mean"),
+                           doc="The worst output's mean cosine (one number for the whole model).")
+    cosine_min = property(lambda self: self._worst("cosine_min"))
+    max_abs = property(lambda self: self._worst("max_abs"))
+    max_rel = property(lambda self: self._worst("max_rel"))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -130,24 +141,6 @@ class Fidelity:
     @classmethod
     def from_json(cls, s: str) -> Fidelity:
         return cls.from_dict(json.loads(s))
-
-
-@dataclass
-class Artifact:
-    """What an exporter wrote: where, in which format/precision, how big, and how verified."""
-
-    path: str
-    format: str  # "nb", "onnx", "tflite"
-    precision: str  # "fp32", "fp16", "int8"
-    bytes: int
-    target: str = ""  # "arm" / "x86" for .nb
-    fidelity: Optional[Fidelity] = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["fidelity"] = self.fidelity.to_dict() if self.fidelity else None
-        return d
 
 
 # ----------------------------------------------------------------------------- tensors
@@ -415,20 +408,6 @@ def verify_file(
     return fid
 
 
-def _save_feeds(feeds: Sequence[Feeds], path: str) -> None:
-    flat = {f"{i}::{k}": np.asarray(v) for i, f in enumerate(feeds) for k, v in f.items()}
-    np.savez(path, **flat)
-
-
-def _load_feeds(path: str) -> list[dict[str, np.ndarray]]:
-    data = np.load(path)
-    out: dict[int, dict[str, np.ndarray]] = {}
-    for key in data.files:
-        i, name = key.split("::", 1)
-        out.setdefault(int(i), {})[name] = data[key]
-    return [out[i] for i in sorted(out)]
-
-
 def verify_in_subprocess(
     path: str,
     reference: str,
@@ -445,37 +424,24 @@ def verify_in_subprocess(
     instead of raising; a crash here becomes an EdgeShituError naming the stage. ``mode="boxes"``
     compares detector outputs ([N, 6] rows + count) with the box matcher instead of tensors.
     """
-    import os
-    import subprocess
-    import sys
     import tempfile
 
+    from edge_shitu.converters.child import run_worker, save_feeds
+
     with tempfile.TemporaryDirectory(prefix="es-verify-") as tmp:
-        feeds_file = os.path.join(tmp, "feeds.npz")
-        out_file = os.path.join(tmp, "fidelity.json")
-        _save_feeds(feeds, feeds_file)
+        feeds_file = str(Path(tmp) / "feeds.npz")
+        save_feeds(feeds, feeds_file)
         job = {"path": str(path), "reference": str(reference), "feeds": feeds_file, "stage": stage,
-               "kind": kind, "mode": mode, "out": out_file}
-        cmd = [sys.executable, "-m", "edge_shitu.converters.verify", "--worker", json.dumps(job)]
-        env = dict(os.environ, GLOG_minloglevel="2")
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-        except subprocess.TimeoutExpired as e:
-            raise EdgeShituError(f"{stage}: running the artifact took longer than {timeout:.0f} s") from e
-        if proc.returncode != 0 or not os.path.exists(out_file):
-            lines = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()]
-            why = next((ln for ln in lines if ln.startswith(("[F ", "F1", "RuntimeError", "EdgeShituError"))),
-                       lines[-1] if lines else "")
-            how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
-            raise EdgeShituError(f"{stage}: the artifact crashed when run ({how}): {why[:300]}")
-        with open(out_file) as f:
-            return Fidelity.from_dict(json.load(f))
+               "kind": kind, "mode": mode}
+        out = run_worker("edge_shitu.converters.verify", job, stage=f"{stage}: running the artifact", timeout=timeout)
+    return Fidelity.from_dict(out)
 
 
-def _verify_worker(job: Mapping[str, Any]) -> None:
+def _verify_worker(job: Mapping[str, Any]) -> dict[str, Any]:
+    from edge_shitu.converters.child import load_feeds
     from edge_shitu.runtimes.backend import open_backend
 
-    feeds = _load_feeds(job["feeds"])
+    feeds = load_feeds(job["feeds"])
     art = open_backend(job["path"], job["kind"], 1)
     ref = open_backend(job["reference"], "paddle", 1)
     if job["mode"] == "boxes":
@@ -485,15 +451,143 @@ def _verify_worker(job: Mapping[str, Any]) -> None:
                        note="detector with NMS: boxes matched at IoU 0.5")
     else:
         fid = compare(ref, art, feeds, stage=job["stage"])
-    with open(job["out"], "w") as f:
-        json.dump(fid.to_dict(), f)
+    return fid.to_dict()
+
+
+# ----------------------------------------------------------------------------- per artifact format
+# What a Fidelity names as its reference once it leaves the build machine (a manifest, a report):
+# every artifact is compared with the FP32 Paddle program (or its head, cut the same way).
+FP32_REFERENCE = "paddle:fp32 reference"
+
+
+def verify_in_process(
+    path: Path,
+    backend: str,
+    reference: str | os.PathLike[str],
+    feeds: Sequence[Feeds],
+    *,
+    stage: str,
+    thresholds: Mapping[str, float],
+    head: Optional[PicoDetHead] = None,
+    cut_dir: Optional[Path] = None,
+    ref_outputs: Optional[Sequence[Sequence[np.ndarray]]] = None,
+) -> Fidelity:
+    """Verify an artifact whose engine cannot crash the process (ONNX Runtime, LiteRT) and gate it.
+
+    Ordinary models: every output tensor vs the FP32 program. A detector cut before NMS (``head``,
+    ``cut_dir`` = the Paddle program cut at the same tensors): its boxes/scores vs the decoded
+    Paddle head, then its boxes after the runtime's NMS vs the full program (IoU 0.5).
+    """
+    from edge_shitu.runtimes.backend import open_backend
+
+    art = open_backend(path, backend, 1)
+    if head is None:
+        ref = open_backend(reference, "paddle", 1)
+        fid = compare(ref, art, feeds, stage=stage, ref_outputs=ref_outputs)
+        fid.reference = FP32_REFERENCE
+        check(fid, thresholds)
+        return fid
+    if cut_dir is None:
+        raise EdgeShituError(f"{stage}: a cut detector is verified against its cut Paddle program; none was given")
+    cut = open_backend(cut_dir, "paddle", 1)
+    image_feeds = [{head.image: f[head.image]} for f in feeds]
+    decoded = [list(decode_picodet(r, head)) for r in run_all(cut, image_feeds)]
+    arts = run_all(art, image_feeds)
+    outs = [compare_tensors(name, [d[i] for d in decoded], [a[i] for a in arts])
+            for i, name in enumerate(("boxes", "scores"))]
+    full_out = run_all(open_backend(reference, "paddle", 1), feeds)
+    ref_boxes, art_boxes, cand = [], [], []
+    for f, fo, a in zip(feeds, full_out, arts):
+        im_shape = np.asarray(f.get("im_shape", np.array([f[head.image].shape[2:]]))).reshape(-1)[:2]
+        sf = np.asarray(f.get("scale_factor", np.array([[1.0, 1.0]]))).reshape(-1)[:2]
+        ref_boxes.append(np.asarray(fo[0]).reshape(-1, 6))
+        art_boxes.append(postprocess_detections(a[0], a[1], head, im_shape, sf))
+        cand.append(candidate_boxes(a[0], im_shape, sf))
+    boxes = compare_boxes(ref_boxes, art_boxes)
+    present = sum(int((iou_matrix(r[:, 2:], c).max(1, initial=0.0) >= 0.5).sum()) for r, c in zip(ref_boxes, cand))
+    boxes.candidates_frac = present / boxes.ref_boxes if boxes.ref_boxes else float("nan")
+    fid = Fidelity(stage=stage, artifact=art.name, reference=FP32_REFERENCE, samples=len(feeds), outputs=outs,
+                   boxes=boxes,
+                   note="detector cut before NMS: tensors vs decoded Paddle head; boxes vs full program")
+    check(fid, {"box_match": 0.9, **thresholds})
+    return fid
+
+
+# Builds an x86 .nb from a Paddle model folder (export_nb's opt route for the artifact's precision).
+NbBuilder = Callable[[Path, str], Path]
+
+
+def verify_nb_run(nb: Path, program: Path, reference: Path, feeds: Sequence[Feeds], *, stage: str, work: Path,
+                  build_x86: NbBuilder) -> Fidelity:
+    """Run an x86 ``.nb`` (in a child process: Lite aborts on unsupported kernels) against the
+    FP32 reference. A detector ending in NMS is compared by boxes, and its head by tensors
+    through an x86 ``.nb`` of the program cut before the decode loop (raw outputs do not suffer
+    from NMS score ties)."""
+    from edge_shitu.converters.export_onnx import find_picodet_head, has_nms, write_cut_model
+
+    if not has_nms(program):
+        fid = verify_in_subprocess(str(nb), str(reference), feeds, stage=stage, kind="nb")
+        fid.reference = FP32_REFERENCE
+        return fid
+    fid = verify_in_subprocess(str(nb), str(reference), feeds, stage=stage, kind="nb", mode="boxes")
+    fid.reference = FP32_REFERENCE
+    try:
+        head = find_picodet_head(program)
+    except EdgeShituError:
+        return fid  # not PicoDet: boxes only
+    cut_names = head.scores + head.dists
+    cut_src = write_cut_model(program.parent, work / "cut_src", [head.image], cut_names)
+    cut_nb = build_x86(cut_src, "cut_x86")
+    cut_ref = write_cut_model(reference, work / "cut_ref", [head.image], cut_names)
+    raw = verify_in_subprocess(str(cut_nb), str(cut_ref), [{head.image: f[head.image]} for f in feeds],
+                               stage=stage + " head", kind="nb")
+    fid.outputs = raw.outputs
+    fid.note = "detector: boxes after NMS vs the full program; head tensors via an x86 .nb cut before NMS"
+    return fid
+
+
+def verify_quantized_program(program_dir: Path, reference: Path, feeds: Sequence[Feeds], stage: str) -> Fidelity:
+    """A PaddleSlim quantized program in Paddle Inference (no oneDNN) vs the FP32 reference."""
+    from edge_shitu.runtimes.backend import open_backend
+    from edge_shitu.runtimes.paddle_backend import PaddleBackend
+
+    fid = compare(open_backend(reference, "paddle"), PaddleBackend(program_dir, mkldnn=False), feeds, stage=stage)
+    fid.reference = FP32_REFERENCE
+    return fid
+
+
+def verify_nb(nb: Path, twin: Optional[Path], program: Path, reference: Path, feeds: Sequence[Feeds], *,
+              cpu: str, int8: bool, thresholds: Optional[Mapping[str, float]], work: Path,
+              build_x86: NbBuilder) -> tuple[Fidelity, dict[str, Any]]:
+    """Verify and gate a ``.nb`` built from ``program``; returns (fidelity, extra details).
+
+    An x86 file is run. An arm file cannot run here: its x86 ``twin`` (same program, identical
+    weights, checked structurally by the exporter) is run instead. Lite's x86 int8 kernels are
+    not a faithful stand-in for its arm ones (wrong features on real models, even crashes): for
+    an arm int8 file the twin's figure is only recorded (``x86_twin_fidelity``) and the gate is
+    the quantized program itself in Paddle Inference (its scales are what opt baked into the file).
+    """
+    precision = "int8" if int8 else "fp32"
+    run_me = twin if twin is not None else nb
+    stage = f"nb-{cpu}-{precision}" + (" (x86 twin)" if twin is not None else "")
+    gate = dict(thresholds) if thresholds is not None else thresholds_for(precision)
+    extra: dict[str, Any] = {}
+    if twin is not None and int8:
+        try:
+            extra["x86_twin_fidelity"] = verify_nb_run(run_me, program, reference, feeds, stage=stage, work=work,
+                                                       build_x86=build_x86).to_dict()
+        except EdgeShituError as e:  # informative only: a crash of the x86 int8 kernels is recorded
+            extra["x86_twin_fidelity"] = {"error": str(e).replace(str(work), "<work>")}  # no build path kept
+        fidelity = verify_quantized_program(program.parent, reference, feeds, f"nb-{cpu}-int8 (quantized program)")
+    else:
+        fidelity = verify_nb_run(run_me, program, reference, feeds, stage=stage, work=work, build_x86=build_x86)
+        if fidelity.boxes is not None:
+            gate.setdefault("box_match", 0.9)
+    check(fidelity, gate)
+    return fidelity, extra
 
 
 if __name__ == "__main__":
-    import sys
+    from edge_shitu.converters.child import worker_main
 
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        _verify_worker(json.loads(sys.argv[2]))
-        sys.exit(0)
-    print("usage: python -m edge_shitu.converters.verify --worker JOB_JSON", file=sys.stderr)
-    sys.exit(2)
+    worker_main(_verify_worker)

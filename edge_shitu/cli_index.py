@@ -113,6 +113,18 @@ def _span(ids: Any) -> str:
     return f"{ids[0]}..{ids[-1]}" if len(ids) > 3 else ", ".join(map(str, ids))
 
 
+def _edit_and_report(gallery: Path, edit: Any, json_out: bool, key: str, message: str) -> None:
+    """One locked, atomic edit of the index file, then its count and the new info printed."""
+    from edge_shitu.gallery_index import edit_index_file
+
+    with edit_index_file(gallery) as index:
+        n = edit(index)
+    if json_out:
+        _print_json({key: n, "info": index.info()})
+    else:
+        _report(index, False, message.format(n=n, gallery=gallery))
+
+
 @index_app.command("remove")
 def remove(
     gallery: Path = typer.Argument(..., help="The index file (rewritten atomically)."),
@@ -121,16 +133,14 @@ def remove(
     json_out: bool = typer.Option(False, "--json", help='Print {"removed": n, "info": {...}}.'),
 ) -> None:
     """Remove items by id (all or nothing: an unknown id changes nothing)."""
-    from edge_shitu.gallery_index import edit_index_file
 
-    with edit_index_file(gallery) as index:
+    def edit(index: Any) -> int:
         n = index.remove(ids)
         if compact:
             index.compact()
-    if json_out:
-        _print_json({"removed": n, "info": index.info()})
-    else:
-        _report(index, False, f"removed {n} items from {gallery}")
+        return n
+
+    _edit_and_report(gallery, edit, json_out, "removed", "removed {n} items from {gallery}")
 
 
 @index_app.command("compact")
@@ -139,14 +149,9 @@ def compact(
     json_out: bool = typer.Option(False, "--json", help='Print {"dropped": n, "info": {...}}.'),
 ) -> None:
     """Drop removed rows from the file (ids of the other items do not change)."""
-    from edge_shitu.gallery_index import edit_index_file
 
-    with edit_index_file(gallery) as index:
-        n = index.compact()
-    if json_out:
-        _print_json({"dropped": n, "info": index.info()})
-    else:
-        _report(index, False, f"dropped {n} removed rows from {gallery}")
+    _edit_and_report(gallery, lambda index: index.compact(), json_out, "dropped",
+                     "dropped {n} removed rows from {gallery}")
 
 
 @index_app.command("info")

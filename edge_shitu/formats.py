@@ -205,21 +205,11 @@ class Artifact:
     def spec(self) -> ArtifactFormat:
         return artifact_format(self.kind)
 
-    @property
-    def format(self) -> str:
-        return self.spec.family
-
-    @property
-    def precision(self) -> str:
-        return self.spec.precision
-
-    @property
-    def target(self) -> str:
-        return self.spec.target
-
-    @property
-    def backend(self) -> str:
-        return self.spec.backend
+    # Everything else is the kind's row: file format family, precision, CPU family, backend.
+    format = property(lambda self: self.spec.family, doc="file format family: tflite | nb | onnx")
+    precision = property(lambda self: self.spec.precision)
+    target = property(lambda self: self.spec.target, doc='"arm" / "x86" for .nb files, "" otherwise')
+    backend = property(lambda self: self.spec.backend)
 
     def to_dict(self) -> dict[str, Any]:
         fid = self.fidelity.to_dict() if hasattr(self.fidelity, "to_dict") else self.fidelity

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from edge_shitu.bundle import sha256_file
 from edge_shitu.errors import EdgeShituError
 from edge_shitu.preprocess import RecPreprocess, decode_image
+from edge_shitu.preprocess import read_image_file as read_photo
 
 PREPROCESS_FILE = "preprocess.json"  # next to a rec model: RecPreprocess.to_dict() (or {"preprocess": ...})
 # Bump when the feature computation changes: every shard of an older computation is then stale.
@@ -48,16 +49,6 @@ def rec_preprocess_for(model_dir: str | os.PathLike[str]) -> RecPreprocess:
         except (json.JSONDecodeError, TypeError, AttributeError) as e:
             raise EdgeShituError(f"{p}: not a valid preprocessing description ({e})") from None
     return RecPreprocess()
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                return h.hexdigest()
-            h.update(b)
 
 
 def _model_files(path: Path, kind: str) -> list[Path]:
@@ -110,28 +101,6 @@ class ModelSpec:
 
     def describe(self) -> dict[str, Any]:
         return {"path": self.path, "engine": self.kind, "threads": self.threads, "preprocess": self.preprocess}
-
-
-def read_photo(path: str | os.PathLike[str]) -> bytes:
-    """A photo's bytes; the same refusals as ``load_image`` (missing, not a regular file, empty),
-    as one-line EdgeShituErrors naming the file."""
-    p = Path(path)
-    try:
-        st = os.stat(p)
-    except (FileNotFoundError, NotADirectoryError):
-        raise EdgeShituError(f"image {p} does not exist: check the path") from None
-    except OSError as e:
-        raise EdgeShituError(f"image {p} cannot be read ({e.strerror or e}): check permissions") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise EdgeShituError(f"image {p} is not a regular file: pass a photo file")
-    try:
-        with open(p, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise EdgeShituError(f"image {p} cannot be read ({e.strerror or e}): check permissions") from None
-    if not data:
-        raise EdgeShituError(f"image {p} is empty (0 bytes): re-copy or remove it")
-    return data
 
 
 class Embedder:

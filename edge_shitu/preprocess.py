@@ -68,8 +68,14 @@ def load_image(path: PathLike, max_pixels: int | None = None) -> np.ndarray:
     with a Pillow traceback. A FIFO, device or directory is refused before it is opened
     (reading a FIFO would block forever).
     """
+    return decode_image(read_image_file(path), str(path), max_pixels)
+
+
+def read_image_file(path: PathLike) -> bytes:
+    """A photo file's bytes, with :func:`load_image`'s refusals (missing, unreadable, not a regular
+    file, empty) as one line naming the file. Shared by the decoder and ``gallery build``, which
+    hashes the bytes it embeds."""
     p = Path(path)
-    budget = _pixel_budget(max_pixels)
     try:
         st = os.stat(p)
     except (FileNotFoundError, NotADirectoryError):
@@ -85,11 +91,14 @@ def load_image(path: PathLike, max_pixels: int | None = None) -> np.ndarray:
     except OSError as e:
         raise EdgeShituError(f"image {p} cannot be read ({e.strerror or e}): check permissions") from None
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        _need_regular(st.st_mode, p)
-        if st.st_size == 0:
-            raise EdgeShituError(f"image {p} is empty (0 bytes): re-copy or remove it")
-        return _decode(f, str(p), budget)
+        _need_regular(os.fstat(f.fileno()).st_mode, p)
+        try:
+            data = f.read()
+        except OSError as e:
+            raise EdgeShituError(f"image {p} cannot be read ({e.strerror or e}): check permissions") from None
+    if not data:
+        raise EdgeShituError(f"image {p} is empty (0 bytes): re-copy or remove it")
+    return data
 
 
 def _need_regular(mode: int, p: Path) -> None:

@@ -4,8 +4,8 @@
 #   2. the Python reader + numpy search with atheris (fuzz/fuzz_index_py.py).
 # usage: fuzz/run.sh C_SECONDS PY_SECONDS   (make fuzz: 60 + 20; make fuzz-long: 600 + 120)
 # The corpus grows in build/fuzz/ (kept between runs, never committed); seeds are generated
-# from tests/golden_files.py. A crash is copied to fuzz/regressions/ (replayed by
-# tests/test_fuzz_regressions.py) and fails the run. Without clang's libFuzzer runtime
+# from tests/golden_files.py. A crash is kept in fuzz/regressions/ as hex text (fuzz/regressions.py;
+# replayed by tests/test_fuzz_regressions.py) and fails the run. Without clang's libFuzzer runtime
 # (Debian: libclang-rt-14-dev), or atheris for the Python side, that half is skipped, saying why.
 set -uo pipefail
 c_secs=${1:-60}
@@ -16,13 +16,14 @@ py=${PY:-.venv/bin/python}
 out=build/fuzz
 mkdir -p "$out/seeds" "$out/corpus" "$out/py-corpus" "$out/artifacts" fuzz/regressions
 "$py" fuzz/make_seeds.py "$out/seeds" || exit 1
+rm -rf "$out/regressions" && "$py" fuzz/regressions.py decode "$out/regressions" >/dev/null || exit 1
 status=0
 
-keep_crashes() {  # artifacts -> fuzz/regressions (small ones; big ones stay in build/fuzz/artifacts)
+keep_crashes() {  # artifacts -> fuzz/regressions/*.hex (small ones; big ones stay in build/fuzz/artifacts)
   local f
   for f in "$out"/artifacts/*; do
     [ -f "$f" ] || continue
-    if [ "$(stat -c %s "$f")" -lt 4096 ]; then cp "$f" "fuzz/regressions/$(basename "$f").bin"; fi
+    if [ "$(stat -c %s "$f")" -lt 4096 ]; then "$py" fuzz/regressions.py encode "$f" >/dev/null; fi
     echo "fuzz: CRASH INPUT $f (regression copy in fuzz/regressions/ if < 4 KB)" >&2
     status=1
   done
@@ -32,7 +33,7 @@ rm -f "$out"/artifacts/*
 if make --no-print-directory "$out/esindex_fuzz" >/dev/null 2>"$out/build.log"; then
   echo "fuzz: libFuzzer + ASan/UBSan on runtimes/native/esindex.c + eshamming.c for ${c_secs}s"
   ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 "$out/esindex_fuzz" "$out/corpus" "$out/seeds" \
-    fuzz/regressions -max_total_time="$c_secs" -max_len=65536 -rss_limit_mb=1024 -timeout=10 \
+    "$out/regressions" -max_total_time="$c_secs" -max_len=65536 -rss_limit_mb=1024 -timeout=10 \
     -artifact_prefix="$out/artifacts/c-" -print_final_stats=1 >"$out/c.log" 2>&1
   rc=$?
   grep -E "DONE|stat::number_of_executed_units|stat::peak_rss_mb" "$out/c.log" | sed 's/^/  /'
@@ -52,7 +53,7 @@ if ! "$py" -c "import atheris" 2>/dev/null; then
 fi
 if "$py" -c "import atheris" 2>/dev/null; then
   echo "fuzz: atheris on edge_shitu/index_format.py + the numpy search for ${py_secs}s"
-  "$py" fuzz/fuzz_index_py.py "$out/py-corpus" "$out/seeds" fuzz/regressions -max_total_time="$py_secs" \
+  "$py" fuzz/fuzz_index_py.py "$out/py-corpus" "$out/seeds" "$out/regressions" -max_total_time="$py_secs" \
     -max_len=65536 -rss_limit_mb=2048 -timeout=20 -artifact_prefix="$out/artifacts/py-" \
     -print_final_stats=1 >"$out/py.log" 2>&1
   rc=$?

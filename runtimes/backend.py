@@ -16,19 +16,20 @@ so each engine is imported lazily by its own module.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional, Protocol, runtime_checkable
+from typing import Optional, Protocol, runtime_checkable
 
 import numpy as np
 
 from edge_shitu.errors import EdgeShituError
+from edge_shitu.formats import BACKENDS
 
-Kind = Literal["tflite", "nb", "paddle", "onnx"]
-KINDS: tuple[str, ...] = ("tflite", "nb", "paddle", "onnx")
+KINDS: tuple[str, ...] = tuple(BACKENDS)  # backend names, as open_backend's ``kind`` takes them
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,11 @@ class Backend(Protocol):
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
-def _norm(name: str) -> str:
-    """Normalise a tensor name for matching: onnx2tf/TF add prefixes, ':0' and change case."""
+def normalize_name(name: str) -> str:
+    """Normalise a tensor name for matching: onnx2tf/TF add prefixes, ':0' and change case.
+
+    The one rule for the tool: feeds are matched to inputs with it here, and the TFLite exporter
+    matches calibration data to SavedModel inputs with it."""
     n = name.lower()
     n = re.sub(r":\d+$", "", n)
     for prefix in ("serving_default_", "input_"):
@@ -95,7 +99,7 @@ def match_feeds(
             if chosen[i] is not None:
                 continue
             for key in list(remaining):
-                if (key == spec.name) if how == "exact" else (_norm(key) == _norm(spec.name)):
+                if (key == spec.name) if how == "exact" else (normalize_name(key) == normalize_name(spec.name)):
                     chosen[i] = remaining.pop(key)
                     break
     # 3) unique shape match (NCHW shapes; -1 matches anything).
@@ -123,15 +127,13 @@ def match_feeds(
 
 
 def infer_kind(path: str | os.PathLike[str]) -> str:
-    """Guess the engine from the file name: .tflite, .nb, .onnx, .pdmodel or a Paddle model dir."""
+    """Guess the engine from the file name (each backend's suffix in ``edge_shitu.formats.BACKENDS``):
+    .tflite, .nb, .onnx, or a Paddle model directory / .pdmodel."""
     p = Path(path)
     suffix = p.suffix.lower()
-    if suffix == ".tflite":
-        return "tflite"
-    if suffix == ".nb":
-        return "nb"
-    if suffix == ".onnx":
-        return "onnx"
+    for name, info in BACKENDS.items():
+        if info.suffix and suffix == info.suffix:
+            return name
     if suffix == ".pdmodel" or (p.is_dir() and any(p.glob("*.pdmodel"))):
         return "paddle"
     raise EdgeShituError(
@@ -141,7 +143,8 @@ def infer_kind(path: str | os.PathLike[str]) -> str:
 
 
 def open_backend(path: str | os.PathLike[str], kind: Optional[str] = None, threads: int = 1) -> Backend:
-    """Load ``path`` with the engine for ``kind`` (inferred from the suffix when None).
+    """Load ``path`` with the engine for ``kind`` (a backend name of ``edge_shitu.formats.BACKENDS``;
+    inferred from the suffix when None).
 
     ``threads`` is honoured where the engine allows it (TFLite, Paddle Inference, ONNX Runtime);
     a Paddle Lite ``.nb`` runs on one thread on x86.
@@ -152,20 +155,8 @@ def open_backend(path: str | os.PathLike[str], kind: Optional[str] = None, threa
     if threads < 1:
         raise EdgeShituError(f"threads must be >= 1, got {threads}")
     kind = kind or infer_kind(p)
-    if kind == "tflite":
-        from edge_shitu.runtimes.tflite_backend import TFLiteBackend
-
-        return TFLiteBackend(p, threads=threads)
-    if kind == "nb":
-        from edge_shitu.runtimes.paddlelite_backend import PaddleLiteBackend
-
-        return PaddleLiteBackend(p, threads=threads)
-    if kind == "paddle":
-        from edge_shitu.runtimes.paddle_backend import PaddleBackend
-
-        return PaddleBackend(p, threads=threads)
-    if kind == "onnx":
-        from edge_shitu.runtimes.onnx_backend import OnnxBackend
-
-        return OnnxBackend(p, threads=threads)
-    raise EdgeShituError(f"unknown model kind {kind!r}: use one of {', '.join(KINDS)}")
+    info = BACKENDS.get(kind)
+    if info is None:
+        raise EdgeShituError(f"unknown model kind {kind!r}: use one of {', '.join(KINDS)}")
+    cls = getattr(importlib.import_module(info.module), info.cls)  # each engine imported only when used
+    return cls(p, threads=threads)

@@ -33,7 +33,7 @@ class OnnxBackend:
         except ImportError as e:
             raise EdgeShituError("onnxruntime is not installed: use the conversion environment") from e
         self.path = Path(path)
-        self.name = f"onnx:{self.path.name}"
+        self.name = f"{self.kind}:{self.path.name}"
         self.threads = threads
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads

@@ -10,24 +10,15 @@ MobileConfig has no thread setting in the Python binding: the x86 ``.nb`` runs o
 from __future__ import annotations
 
 import os
-import platform
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from edge_shitu.errors import EdgeShituError
+from edge_shitu.formats import cpu_family
 from edge_shitu.runtimes.backend import TensorSpec, match_feeds
 from edge_shitu.runtimes.nb_format import read_nb
-
-
-def host_target() -> str:
-    m = platform.machine().lower()
-    if m in ("x86_64", "amd64", "i386", "i686"):
-        return "x86"
-    if m.startswith(("arm", "aarch64")):
-        return "arm"
-    return m
 
 
 class PaddleLiteBackend:
@@ -37,10 +28,10 @@ class PaddleLiteBackend:
 
     def __init__(self, path: str | os.PathLike[str], threads: int = 1) -> None:
         self.path = Path(path)
-        self.name = f"nb:{self.path.name}"
+        self.name = f"{self.kind}:{self.path.name}"
         self.model = read_nb(self.path)  # raises CorruptFileError on a damaged file
         built_for = self.model.compute_target
-        here = host_target()
+        here = cpu_family()
         if built_for and here not in built_for.split(","):
             raise EdgeShituError(
                 f"{self.path} holds {built_for} kernels and cannot run on this {here} host "

@@ -74,7 +74,7 @@ class TFLiteBackend:
     def __init__(self, path: str | os.PathLike[str], threads: int = 1) -> None:
         interp_cls, self.engine = _interpreter_class()
         self.path = Path(path)
-        self.name = f"tflite:{self.path.name}"
+        self.name = f"{self.kind}:{self.path.name}"
         self.threads = threads
         try:
             self._it = interp_cls(model_path=str(self.path), num_threads=threads)

@@ -8,21 +8,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DEPS=${ANDROID_DEPS_DIR:-$ROOT/build/android/deps}
-pkgs=(default-jdk-headless junit4 aapt apksigner zipalign)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "android_deps: not root; install these Debian packages: ${missing[*]}" >&2
-    exit 0
-  fi
-  echo "android_deps: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+. "$ROOT/scripts/lib_apt.sh"
+apt_ensure android_deps "install these Debian packages" default-jdk-headless junit4 aapt apksigner zipalign
 if [ -f "$DEPS/usr/share/java/com.android.android-23.jar" ] && [ -f "$DEPS/usr/share/java/com.android.dx-10.0.0.jar" ]; then
   exit 0
 fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The app's native libraries for arm64-v8a, armeabi-v7a and x86_64 WITHOUT the NDK (Debian
-# clang/lld, freestanding; docs: ../shared notes "Android without Google's servers"):
+# clang/lld, freestanding; android_demo/README.md "Build offline"):
 #   libeshamming_jni.so  the Hamming kernel (runtimes/native/eshamming.c) + its JNI glue;
 #   libesengine.so       the LiteRT engine (android_demo/app/src/main/cpp/esengine.c): it needs
 #                        only dlopen/dlsym/dlerror, linked against a stub libdl.so made here

@@ -146,6 +146,35 @@ def test_convert_det_rec_arm_bundle(rpi4_bundle: BundleRun, synth_models: dict[s
     Bundle.open(out)  # the device-side reader accepts it (checksums, version)
 
 
+def _strings(node: object, where: str = "") -> list[tuple[str, str]]:
+    """Every string in a JSON document (keys too), with where it is."""
+    if isinstance(node, dict):
+        return [hit for k, v in node.items() for hit in [(f"{where}.{k} (key)", str(k)), *_strings(v, f"{where}.{k}")]]
+    if isinstance(node, list):
+        return [hit for i, v in enumerate(node) for hit in _strings(v, f"{where}[{i}]")]
+    return [(where, node)] if isinstance(node, str) else []
+
+
+@pytest.mark.integration
+def test_manifest_names_no_build_machine_path(rpi4_bundle: BundleRun) -> None:
+    """docs/bundle-format.md: nothing in a bundle refers to the machine it was built on, except the
+    documented provenance under ``source_models``. Every string of the session's rpi4 manifest
+    (fidelity details, warnings, artifact entries, ...) is checked."""
+    import tempfile
+
+    from edge_shitu.assets import PROJECT_ROOT
+
+    m = json.loads((rpi4_bundle.path / "manifest.json").read_text(encoding="utf-8"))
+    home = str(Path.home())
+    machine = {str(rpi4_bundle.path.parent), str(rpi4_bundle.gallery), str(PROJECT_ROOT), tempfile.gettempdir(),
+               "/tmp", "edge-shitu-convert-", *([home] if len(home) > 1 else [])}
+    found = [(where, text) for where, text in _strings({k: v for k, v in m.items() if k != "source_models"})
+             if any(p in text for p in machine)]
+    assert not found, found[:5]
+    fid = next(a for a in m["rec"]["artifacts"] if a["kind"] == "tflite:int8")["fidelity"]["detail"]
+    assert fid["artifact"] == "rec_int8.tflite" and fid["reference"] == "paddle:fp32 reference"
+
+
 @pytest.mark.integration
 def test_gate_failure_names_stage_and_leaves_nothing(tmp_path: Path, synth_models: dict[str, Path]) -> None:
     gal = _gallery(tmp_path / "g", 8)

@@ -22,8 +22,11 @@ def test_atheris_finds_no_crash_in_the_python_reader(tmp_path: Path) -> None:
     seeds, corpus = tmp_path / "seeds", tmp_path / "corpus"
     corpus.mkdir()
     subprocess.run([sys.executable, str(FUZZ / "make_seeds.py"), str(seeds)], check=True)
+    regressions = tmp_path / "regressions"
+    subprocess.run([sys.executable, str(FUZZ / "regressions.py"), "decode", str(regressions)], check=True,
+                   capture_output=True)
     r = subprocess.run([sys.executable, str(FUZZ / "fuzz_index_py.py"), str(corpus), str(seeds),
-                        str(FUZZ / "regressions"), "-max_total_time=15", "-max_len=65536", "-seed=13",
+                        str(regressions), "-max_total_time=15", "-max_len=65536", "-seed=13",
                         f"-artifact_prefix={tmp_path}/", "-print_final_stats=1"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

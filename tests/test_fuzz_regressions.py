@@ -1,4 +1,5 @@
-"""Replay the fuzzers' kept inputs (fuzz/regressions/): crash repros and found disagreements.
+"""Replay the fuzzers' kept inputs (fuzz/regressions/*.hex, fuzz/regressions.py): crash repros and
+found disagreements.
 
 Each must give one line of EdgeShituError or open consistently, in the Python reader, the C
 reader (ctypes) and, where clang's libFuzzer runtime is installed, the AddressSanitizer harness
@@ -21,8 +22,18 @@ from edge_shitu.errors import EdgeShituError
 from edge_shitu.gallery_index import GalleryIndex
 from edge_shitu.index_format import parse_index
 
-REGRESSIONS = sorted(p for p in (PROJECT_ROOT / "fuzz" / "regressions").iterdir() if p.is_file()) \
-    if (PROJECT_ROOT / "fuzz" / "regressions").is_dir() else []
+
+def _kept_inputs() -> dict[str, bytes]:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("es_fuzz_regressions", PROJECT_ROOT / "fuzz" / "regressions.py")
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod.inputs()
+
+
+KEPT = _kept_inputs()
+REGRESSIONS = sorted(KEPT)
 NATIVE = PROJECT_ROOT / "runtimes" / "native"
 
 
@@ -33,14 +44,14 @@ def c_reader(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL | None:
 
 def test_regression_inputs_are_small_and_present() -> None:
     assert REGRESSIONS, "fuzz/regressions/ holds the inputs the fuzzers found"
-    assert all(p.stat().st_size < 4096 for p in REGRESSIONS)
+    assert all(len(raw) < 4096 for raw in KEPT.values())
 
 
-@pytest.mark.parametrize("path", REGRESSIONS, ids=[p.name for p in REGRESSIONS])
-def test_regression_input_gives_one_line_or_opens(path: Path, c_reader: ctypes.CDLL | None) -> None:
-    raw = path.read_bytes()
+@pytest.mark.parametrize("name", REGRESSIONS)
+def test_regression_input_gives_one_line_or_opens(name: str, c_reader: ctypes.CDLL | None) -> None:
+    raw = KEPT[name]
     try:
-        data = parse_index(raw, path.name)
+        data = parse_index(raw, name)
     except EdgeShituError as e:
         assert "\n" not in str(e)
         opened, error = False, str(e)
@@ -70,5 +81,9 @@ def test_the_asan_harness_replays_every_regression_input(tmp_path: Path) -> None
     if build.returncode != 0:
         pytest.skip(f"clang cannot link libFuzzer + ASan here (Debian: libclang-rt-14-dev): "
                     f"{build.stderr.strip().splitlines()[-1] if build.stderr.strip() else build.returncode}")
-    r = subprocess.run([str(exe), *map(str, REGRESSIONS)], capture_output=True, text=True, timeout=120)
+    files = []
+    for name, raw in KEPT.items():
+        (tmp_path / name).write_bytes(raw)
+        files.append(str(tmp_path / name))
+    r = subprocess.run([str(exe), *files], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]

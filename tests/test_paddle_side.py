@@ -259,14 +259,15 @@ def test_truncated_params(tmp_path: Path) -> None:
 
 def test_real_model_roundtrip(tmp_path: Path) -> None:
     """load -> save -> Paddle Inference gives the same outputs as the original files."""
-    from edge_shitu.converters.paddle_model import PaddleInferenceRunner, load_model, save_model
+    from edge_shitu.converters.paddle_model import load_model, save_model
+    from edge_shitu.runtimes.paddle_backend import PaddleBackend
 
     src = require_asset(*REAL_WEIGHTS, "ch_ppocr_mobile_v2_cls_infer")
     m = load_model(src)
     save_model(m, tmp_path / "copy")
     x = {"x": np.random.default_rng(0).standard_normal((1, 3, 48, 192)).astype(np.float32)}
-    a = PaddleInferenceRunner(src).run(x)[0]
-    b = PaddleInferenceRunner(tmp_path / "copy").run(x)[0]
+    a = PaddleBackend(src).run(x)[0]
+    b = PaddleBackend(tmp_path / "copy").run(x)[0]
     c = m.run(x)[0]
     np.testing.assert_allclose(a, b, atol=1e-6)
     np.testing.assert_allclose(a, c, atol=1e-4)
@@ -348,9 +349,9 @@ def test_synth_params_match_declared_shapes(synth_models: dict[str, Path]) -> No
 
 @pytest.mark.parametrize("name", [V1, V2])
 def test_synth_extractor_outputs_are_sane(synth_models: dict[str, Path], name: str) -> None:
-    from edge_shitu.converters.paddle_model import PaddleInferenceRunner
+    from edge_shitu.runtimes.paddle_backend import PaddleBackend
 
-    run = PaddleInferenceRunner(synth_models[name], threads=1)
+    run = PaddleBackend(synth_models[name], threads=1)
     rec = RecPreprocess()
     feats = np.concatenate([run.run({"x": rec(im)})[0] for im in _gallery_images(6, start=7)])
     assert feats.shape == (6, 512) and np.isfinite(feats).all()
@@ -361,9 +362,9 @@ def test_synth_extractor_outputs_are_sane(synth_models: dict[str, Path], name: s
 
 
 def test_synth_detector_outputs_are_sane(synth_models: dict[str, Path]) -> None:
-    from edge_shitu.converters.paddle_model import PaddleInferenceRunner
+    from edge_shitu.runtimes.paddle_backend import PaddleBackend
 
-    run = PaddleInferenceRunner(synth_models[DET], threads=2)
+    run = PaddleBackend(synth_models[DET], threads=2)
     det = DetPreprocess.from_infer_cfg(synth_models[DET] / "infer_cfg.yml")
     img = _gallery_images(1, start=7)[0]
     boxes, num = run.run(det(img))

@@ -95,8 +95,9 @@ def test_runtime_imports_nothing_heavy() -> None:
     """The device footprint: the CLI and the pipeline load without Paddle, TensorFlow, OpenCV,
     ONNX or torch (they may be installed here; they must not be imported)."""
     code = ("import sys, edge_shitu.cli, edge_shitu.pipeline, edge_shitu.visualize, edge_shitu.cli_recognize; "
+            "from edge_shitu import GalleryIndex, Recognizer, convert, Bundle; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('paddle', 'tensorflow', 'cv2', 'onnx', 'onnxruntime', 'torch', 'yaml', 'paddlelite')))")
+            "('paddle', 'tensorflow', 'cv2', 'onnx', 'onnxruntime', 'torch', 'yaml', 'paddlelite', 'ray')))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]", r.stdout

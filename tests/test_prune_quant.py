@@ -54,10 +54,11 @@ def _feeds(model_dir: Path, imgs: list[np.ndarray]) -> list[dict[str, np.ndarray
 
 
 def _extractor_cosine(ref_dir: Path, test_dir: Path, feeds: list[dict[str, np.ndarray]]) -> float:
-    from edge_shitu.converters.paddle_model import PaddleInferenceRunner, mean_row_cosine
+    from edge_shitu.converters.paddle_model import mean_row_cosine
+    from edge_shitu.runtimes.paddle_backend import PaddleBackend
 
-    a = PaddleInferenceRunner(ref_dir, threads=2)
-    b = PaddleInferenceRunner(test_dir, threads=2)
+    a = PaddleBackend(ref_dir, threads=2)
+    b = PaddleBackend(test_dir, threads=2)
     fa = np.concatenate([a.run(f)[0] for f in feeds])
     fb = np.concatenate([b.run(f)[0] for f in feeds])
     assert fa.shape == fb.shape and np.isfinite(fb).all()
@@ -98,8 +99,9 @@ def test_ptq_extractor_onnx_format(models: dict[str, Path], tmp_path: Path) -> N
 
 
 def test_ptq_detector_three_inputs(models: dict[str, Path], tmp_path: Path) -> None:
-    from edge_shitu.converters.paddle_model import PaddleInferenceRunner, cosine, head_outputs, load_model
+    from edge_shitu.converters.paddle_model import cosine, head_outputs, load_model
     from edge_shitu.converters.quantize import quantize
+    from edge_shitu.runtimes.paddle_backend import PaddleBackend
 
     src = models[DET]
     calib = _feeds(src, _photos(3, 3, 53))
@@ -109,7 +111,7 @@ def test_ptq_detector_three_inputs(models: dict[str, Path], tmp_path: Path) -> N
     secs = time.perf_counter() - t
     assert rep.n_quant_ops == 57 + 29 and (rep.out_dir / "infer_cfg.yml").is_file()
     feeds = _feeds(src, _photos(2, 11, 89))
-    boxes, num = PaddleInferenceRunner(rep.out_dir, threads=2).run(feeds[0])
+    boxes, num = PaddleBackend(rep.out_dir, threads=2).run(feeds[0])
     assert int(num[0]) == len(boxes) > 0 and np.isfinite(boxes).all()
     ref, q = load_model(src), load_model(rep.out_dir)
     heads = head_outputs(ref.program)
@@ -127,8 +129,9 @@ def _ocr_feed(img: np.ndarray, side: int = 640) -> dict[str, np.ndarray]:
 
 
 def test_ptq_real_weights_ocr_detector(tmp_path: Path) -> None:
-    from edge_shitu.converters.paddle_model import PaddleInferenceRunner, cosine
+    from edge_shitu.converters.paddle_model import cosine
     from edge_shitu.converters.quantize import quantize
+    from edge_shitu.runtimes.paddle_backend import PaddleBackend
 
     src = require_asset(*REAL_WEIGHTS, "ch_PP-OCRv4_det_infer")
     shelf = sorted(require_asset(*DRINK_TEST_IMAGES).glob("*"))
@@ -138,8 +141,8 @@ def test_ptq_real_weights_ocr_detector(tmp_path: Path) -> None:
     t = time.perf_counter()
     rep = quantize(src, tmp_path / "int8", calib, algo="avg")
     secs = time.perf_counter() - t
-    ref = PaddleInferenceRunner(src, threads=2)
-    q = PaddleInferenceRunner(rep.out_dir, threads=2)
+    ref = PaddleBackend(src, threads=2)
+    q = PaddleBackend(rep.out_dir, threads=2)
     cos, iou = [], []
     for f in held_out:
         a, b = ref.run(f)[0], q.run(f)[0]
@@ -155,8 +158,8 @@ def test_ptq_real_weights_ocr_detector(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- pruning
 
 def test_prune_extractor_within_budget(models: dict[str, Path], tmp_path: Path) -> None:
-    from edge_shitu.converters.paddle_model import PaddleInferenceRunner
     from edge_shitu.converters.prune import prune
+    from edge_shitu.runtimes.paddle_backend import PaddleBackend
 
     src = models[V1]
     calib = _feeds(src, _photos(4, 5, 61))
@@ -170,7 +173,7 @@ def test_prune_extractor_within_budget(models: dict[str, Path], tmp_path: Path) 
     assert rep.macs_after <= rep.macs_before and rep.params_after <= rep.params_before
     assert rep.sensitivities and all(s.loss for s in rep.sensitivities)
     assert rep.seconds < 150
-    out = PaddleInferenceRunner(rep.out_dir).run(held_out[0])[0]
+    out = PaddleBackend(rep.out_dir).run(held_out[0])[0]
     assert out.shape == (1, 512) and np.isfinite(out).all()
 
 
@@ -191,8 +194,8 @@ def test_prune_extractor_uniform_and_none(models: dict[str, Path], tmp_path: Pat
 
 
 def test_prune_detector_runs_through_nms_loop(models: dict[str, Path], tmp_path: Path) -> None:
-    from edge_shitu.converters.paddle_model import PaddleInferenceRunner
     from edge_shitu.converters.prune import prune
+    from edge_shitu.runtimes.paddle_backend import PaddleBackend
 
     src = models[DET]
     calib = _feeds(src, _photos(2, 5, 61))
@@ -200,6 +203,6 @@ def test_prune_detector_runs_through_nms_loop(models: dict[str, Path], tmp_path:
     print(f"\nuniform 0.1 prune of the detector: head fidelity {rep.fidelity:.4f}, MACs -{rep.macs_reduction:.1%}, "
           f"{len(rep.ratios)} convs pruned, {len(rep.skipped)} not prunable, {rep.seconds:.1f} s")
     assert rep.macs_reduction > 0.05 and len(rep.skipped) >= 4  # the 4 head convs feed split/NMS
-    boxes, num = PaddleInferenceRunner(rep.out_dir, threads=2).run(calib[0])
+    boxes, num = PaddleBackend(rep.out_dir, threads=2).run(calib[0])
     assert int(num[0]) == len(boxes) > 0 and np.isfinite(boxes).all()
     assert (rep.out_dir / "infer_cfg.yml").is_file()

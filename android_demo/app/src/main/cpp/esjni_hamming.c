@@ -50,18 +50,24 @@ static long raw_flock(long fd, long op) {
     long ret;
 #if defined(__x86_64__)
     __asm__ volatile("syscall" : "=a"(ret) : "0"(73L), "D"(fd), "S"(op) : "rcx", "r11", "memory");
-#elif defined(__aarch64__)
-    register long x8 __asm__("x8") = 32;
-    register long x0 __asm__("x0") = fd;
-    register long x1 __asm__("x1") = op;
-    __asm__ volatile("svc #0" : "+r"(x0) : "r"(x8), "r"(x1) : "memory");
-    ret = x0;
-#elif defined(__arm__)
-    register long r7 __asm__("r7") = 143;
-    register long r0 __asm__("r0") = fd;
-    register long r1 __asm__("r1") = op;
-    __asm__ volatile("svc #0" : "+r"(r0) : "r"(r7), "r"(r1) : "memory");
-    ret = r0;
+#elif defined(__aarch64__) || defined(__arm__)
+    /* svc #0: number in x8 / r7 (flock is 32 / 143), arguments and result in x0,x1 / r0,r1 */
+#if defined(__aarch64__)
+#define ES_SVC_NR "x8"
+#define ES_SVC_A0 "x0"
+#define ES_SVC_A1 "x1"
+#define ES_NR_FLOCK 32
+#else
+#define ES_SVC_NR "r7"
+#define ES_SVC_A0 "r0"
+#define ES_SVC_A1 "r1"
+#define ES_NR_FLOCK 143
+#endif
+    register long nr __asm__(ES_SVC_NR) = ES_NR_FLOCK;
+    register long a0 __asm__(ES_SVC_A0) = fd;
+    register long a1 __asm__(ES_SVC_A1) = op;
+    __asm__ volatile("svc #0" : "+r"(a0) : "r"(nr), "r"(a1) : "memory");
+    ret = a0;
 #else
     (void)fd; (void)op;
     ret = -38; /* ENOSYS */

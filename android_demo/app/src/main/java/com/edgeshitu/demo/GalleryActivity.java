@@ -94,51 +94,59 @@ public class GalleryActivity extends Activity {
         final String l = label.getText().toString().trim();
         if (r == null || img == null) { say("open a bundle and recognize a photo first"); return; }
         if (l.isEmpty()) { say("type a label first"); return; }
-        new Thread(new Runnable() {
-            public void run() {
-                try {
-                    long[] ids;
-                    synchronized (Engine.class) {
-                        ids = r.addToGallery(Collections.singletonList(img), l, false);
-                    }
-                    say("added id " + ids[0] + " '" + l + "'");
-                    runOnUiThread(new Runnable() { public void run() { refresh(); } });
-                } catch (EsException e) {
-                    say(e.getMessage());
-                } catch (Throwable t) {
-                    say("could not add: " + t);
+        inBackground("could not add: ", new Edit() {
+            public String run() {
+                long[] ids;
+                synchronized (Engine.class) {
+                    ids = r.addToGallery(Collections.singletonList(img), l, false);
                 }
+                return "added id " + ids[0] + " '" + l + "'";
             }
-        }).start();
+        });
     }
 
     void remove(final List<Long> ids) {
         final Recognizer r = Engine.recognizer;
         if (r == null && Engine.galleryOnly == null) return;
+        inBackground("could not remove: ", new Edit() {
+            public String run() {
+                long[] a = new long[ids.size()];
+                for (int i = 0; i < a.length; i++) a[i] = ids.get(i);
+                int n;
+                synchronized (Engine.class) {
+                    if (r != null) {
+                        n = r.removeFromGallery(a);
+                    } else {
+                        final long[] which = a;
+                        File f = Engine.galleryOnly.path;
+                        n = GalleryIndex.edit(f, new GalleryIndex.Edit<Integer>() {
+                            public Integer apply(GalleryIndex g) { return g.remove(which); }
+                        });
+                        Engine.galleryOnly = GalleryIndex.open(f);
+                    }
+                }
+                return "removed " + n + " item(s)";
+            }
+        });
+    }
+
+    /** A gallery edit run off the UI thread; returns the line to show. */
+    private interface Edit {
+        String run();
+    }
+
+    /** Runs the edit on a new thread, shows its line and refreshes the list; failures give one line. */
+    private void inBackground(final String failure, final Edit edit) {
         new Thread(new Runnable() {
             public void run() {
                 try {
-                    long[] a = new long[ids.size()];
-                    for (int i = 0; i < a.length; i++) a[i] = ids.get(i);
-                    int n;
-                    synchronized (Engine.class) {
-                        if (r != null) {
-                            n = r.removeFromGallery(a);
-                        } else {
-                            final long[] which = a;
-                            File f = Engine.galleryOnly.path;
-                            n = GalleryIndex.edit(f, new GalleryIndex.Edit<Integer>() {
-                                public Integer apply(GalleryIndex g) { return g.remove(which); }
-                            });
-                            Engine.galleryOnly = GalleryIndex.open(f);
-                        }
-                    }
-                    say("removed " + n + " item(s)");
+                    String done = edit.run();
+                    say(done);
                     runOnUiThread(new Runnable() { public void run() { refresh(); } });
                 } catch (EsException e) {
                     say(e.getMessage());
                 } catch (Throwable t) {
-                    say("could not remove: " + t);
+                    say(failure + t);
                 }
             }
         }).start();

@@ -21,6 +21,7 @@ import android.widget.TextView;
 import com.edgeshitu.core.EsException;
 import com.edgeshitu.core.Recognizer;
 import com.edgeshitu.core.RgbImage;
+import com.edgeshitu.core.Streams;
 
 import java.io.File;
 import java.io.FileOutputStream;
@@ -154,9 +155,7 @@ public class MainActivity extends Activity {
                     if (in == null) throw new EsException("cannot read " + uri, 1);
                     OutputStream out = new FileOutputStream(tmp);
                     try {
-                        byte[] buf = new byte[1 << 16];
-                        int n;
-                        while ((n = in.read(buf)) > 0) out.write(buf, 0, n);
+                        Streams.pump(in, out, 1 << 16);
                     } finally {
                         out.close();
                         in.close();

@@ -54,9 +54,7 @@ public final class Bundle {
         InputStream in = new FileInputStream(f);
         try {
             java.io.ByteArrayOutputStream out = new java.io.ByteArrayOutputStream();
-            byte[] buf = new byte[1 << 16];
-            int n;
-            while ((n = in.read(buf)) > 0) out.write(buf, 0, n);
+            Streams.pump(in, out, 1 << 16);
             return out.toByteArray();
         } finally {
             in.close();
@@ -163,29 +161,27 @@ public final class Bundle {
         Map<String, Object> rec = obj(m, "rec", "rec", true);
         if (!rec.containsKey("feature_dim")) throw missing("rec.feature_dim", "an integer >= 1");
         intIn(rec, "feature_dim", "rec.feature_dim", 1, Long.MAX_VALUE);
-        if (!rec.containsKey("preprocess")) throw missing("rec.preprocess", "an object");
-        try {
-            new Preprocess.Rec(rec.get("preprocess"), "rec.preprocess");
-        } catch (EsException e) {
-            throw new EsException(where + ": " + e.getMessage() + "; fix the file or rebuild the bundle with 'edge-shitu convert'");
-        }
-        checkArtifacts(rec, "rec");
+        checkModel(rec, "rec");
         Map<String, Object> det = obj(m, "det", "det", false);
-        if (det != null) {
-            if (!det.containsKey("preprocess")) throw missing("det.preprocess", "an object");
-            try {
-                new Preprocess.Det(det.get("preprocess"), "det.preprocess");
-            } catch (EsException e) {
-                throw new EsException(where + ": " + e.getMessage() + "; fix the file or rebuild the bundle with 'edge-shitu convert'");
-            }
-            checkArtifacts(det, "det");
-        }
+        if (det != null) checkModel(det, "det");
         Map<String, Object> lib = obj(m, "native_lib", "native_lib", false);
         if (lib != null) {
             if (!lib.containsKey("file")) throw missing("native_lib.file", "a path inside lib/");
             resolve(lib.get("file"), "native_lib.file", "lib");
             sha(lib.get("sha256"), "native_lib.sha256");
         }
+    }
+
+    /** rec or det: its preprocess (as Preprocess.Rec / Preprocess.Det reads it) and its artifacts. */
+    private void checkModel(Map<String, Object> model, String which) {
+        if (!model.containsKey("preprocess")) throw missing(which + ".preprocess", "an object");
+        try {
+            if (which.equals("det")) new Preprocess.Det(model.get("preprocess"), "det.preprocess");
+            else new Preprocess.Rec(model.get("preprocess"), "rec.preprocess");
+        } catch (EsException e) {
+            throw new EsException(where + ": " + e.getMessage() + "; fix the file or rebuild the bundle with 'edge-shitu convert'");
+        }
+        checkArtifacts(model, which);
     }
 
     private void sha(Object v, String key) {
@@ -341,12 +337,13 @@ public final class Bundle {
 
     public static String sha256(File f) {
         try {
-            MessageDigest md = MessageDigest.getInstance("SHA-256");
+            final MessageDigest md = MessageDigest.getInstance("SHA-256");
             InputStream in = new FileInputStream(f);
             try {
-                byte[] buf = new byte[1 << 20];
-                int n;
-                while ((n = in.read(buf)) > 0) md.update(buf, 0, n);
+                Streams.pump(in, new java.io.OutputStream() {
+                    public void write(int x) { md.update((byte) x); }
+                    public void write(byte[] buf, int off, int n) { md.update(buf, off, n); }
+                }, 1 << 20);
             } finally {
                 in.close();
             }

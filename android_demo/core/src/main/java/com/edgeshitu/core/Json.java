@@ -227,19 +227,22 @@ public final class Json {
     }
 
     private static void quote(StringBuilder b, String t) {
+        quote(b, t, false);
+    }
+
+    /** The characters quote escapes by name, and their escapes; \b and \f (the last two) only when asked. */
+    private static final String NAMED = "\"\\\n\r\t\b\f";
+    private static final String[] NAMED_ESCAPES = {"\\\"", "\\\\", "\\n", "\\r", "\\t", "\\b", "\\f"};
+
+    /** A JSON string literal; other control characters as \\u00XX; {@code shortBf}: \b and \f as Python writes them. */
+    static void quote(StringBuilder b, String t, boolean shortBf) {
         b.append('"');
         for (int k = 0; k < t.length(); k++) {
             char c = t.charAt(k);
-            switch (c) {
-                case '"': b.append("\\\""); break;
-                case '\\': b.append("\\\\"); break;
-                case '\n': b.append("\\n"); break;
-                case '\r': b.append("\\r"); break;
-                case '\t': b.append("\\t"); break;
-                default:
-                    if (c < 0x20) b.append(String.format("\\u%04x", (int) c));
-                    else b.append(c);
-            }
+            int e = NAMED.indexOf(c);
+            if (e >= 0 && (e < 5 || shortBf)) b.append(NAMED_ESCAPES[e]);
+            else if (c < 0x20) b.append(String.format("\\u%04x", (int) c));
+            else b.append(c);
         }
         b.append('"');
     }

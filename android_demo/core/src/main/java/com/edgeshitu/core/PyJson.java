@@ -51,22 +51,7 @@ final class PyJson {
     }
 
     private static void quote(StringBuilder b, String t) {
-        b.append('"');
-        for (int k = 0; k < t.length(); k++) {
-            char c = t.charAt(k);
-            switch (c) {
-                case '"': b.append("\\\""); break;
-                case '\\': b.append("\\\\"); break;
-                case '\n': b.append("\\n"); break;
-                case '\r': b.append("\\r"); break;
-                case '\t': b.append("\\t"); break;
-                case '\b': b.append("\\b"); break;
-                case '\f': b.append("\\f"); break;
-                default:
-                    if (c < 0x20) b.append(String.format("\\u%04x", (int) c)); else b.append(c);
-            }
-        }
-        b.append('"');
+        Json.quote(b, t, true);
     }
 
     /** Python's float repr: shortest round-trip digits, fixed notation for 1e-4 <= |x| < 1e16 (repr). */
