@@ -234,6 +234,14 @@ def test_java_pipeline_equals_python_runtime(jar: Path, rpi4_bundle, assets: Pat
         pytest.skip("ai-edge-litert's libLiteRt.so not found: pip install ai-edge-litert")
     photos, webp = _photos(assets)
     assert len(photos) >= 12
+    from PIL import Image
+
+    from edge_shitu.preprocess import load_image
+
+    for p in webp:  # compared on the same pixels, as lossless PNG (a phone's BitmapFactory decodes WebP itself)
+        png = tmp_path / f"{p.stem}_from_webp.png"
+        Image.fromarray(load_image(p)).save(png)
+        photos.append(png)
     proc = java("recognize", rpi4_bundle.path, *photos, "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout)
