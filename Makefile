@@ -27,7 +27,7 @@ $(VENV)/.done: pyproject.toml scripts/find_python310.sh
 	@py310=$$(scripts/find_python310.sh) || exit 1; \
 	  "$$py310" -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip<25" "setuptools<81" wheel
-	$(PY) -m pip install -q -e ".[convert,tflite,dev,cluster]"
+	$(PY) -m pip install -q -e ".[convert,tflite,dev,cluster,fuzz]"
 	# onnx2tf pins versions that conflict with paddleslim; tf-keras would pull full tensorflow.
 	$(PY) -m pip install -q --no-deps onnx2tf==1.29.24 tf-keras==2.19.0
 	@touch $@
