@@ -71,13 +71,12 @@ def load_board(name_or_path: str | Path) -> Board:
                      ("threads", int), ("artifacts", list), ("native", str), ("det", dict), ("rec", dict),
                      ("index", dict)):
         _check(isinstance(raw.get(key), typ), p, f"field '{key}' missing or not a {typ.__name__}")
-    _check(formats.BACKEND_ALIASES.get(raw["backend"], raw["backend"]) in BACKENDS, p,
-           f"backend must be one of {', '.join(BACKENDS)}")
+    backend = formats.BACKEND_ALIASES.get(raw["backend"], raw["backend"])
+    _check(backend in BACKENDS, p, f"backend must be one of {', '.join(BACKENDS)}")
     _check(raw["precision"] in ("fp32", "fp16", "int8"), p, "precision must be fp32, fp16 or int8")
     _check(raw["threads"] >= 1, p, "threads must be >= 1")
     bad = [a for a in raw["artifacts"] if a not in formats.DEPLOYABLE_KINDS]
     _check(not bad, p, f"unknown artifact kind(s) {bad}; known: {', '.join(formats.DEPLOYABLE_KINDS)}")
-    backend = formats.backend_name(raw["backend"])
     _check(any(formats.artifact_format(a).backend == backend and formats.artifact_format(a).precision
                == raw["precision"] for a in raw["artifacts"]), p,
            f"no {backend} artifact of precision {raw['precision']} in 'artifacts': the runtime would have "

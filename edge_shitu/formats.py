@@ -24,28 +24,23 @@ CPU_FAMILIES = ("arm", "x86")
 
 @dataclass(frozen=True)
 class BackendInfo:
-    """A runtime engine: what it is called in board configs / manifests / ``--backend``, the
-    module and class that load it (``runtimes/*_backend.py``), and what it needs installed."""
+    """A runtime engine: what it is called in board configs / manifests / ``--backend`` and the
+    module and class that load it (``runtimes/*_backend.py``)."""
 
     name: str
     module: str
     cls: str
     suffix: str  # the model file suffix it opens ("" for a Paddle model folder)
     device: bool  # usable by the device runtime (a bundle's board may name it)
-    install: str  # one hint for the error when the engine is missing
 
 
 BACKENDS: dict[str, BackendInfo] = {
     b.name: b
     for b in (
-        BackendInfo("tflite", "edge_shitu.runtimes.tflite_backend", "TFLiteBackend", ".tflite", True,
-                    "pip install ai-edge-litert (or tflite-runtime on glibc < 2.34)"),
-        BackendInfo("nb", "edge_shitu.runtimes.paddlelite_backend", "PaddleLiteBackend", ".nb", True,
-                    "pip install paddlelite (x86 / Python 3.10), or Paddle Lite's own build on arm"),
-        BackendInfo("onnx", "edge_shitu.runtimes.onnx_backend", "OnnxBackend", ".onnx", False,
-                    "pip install onnxruntime"),
-        BackendInfo("paddle", "edge_shitu.runtimes.paddle_backend", "PaddleBackend", "", False,
-                    "pip install 'edge-shitu[convert]' (Python 3.10)"),
+        BackendInfo("tflite", "edge_shitu.runtimes.tflite_backend", "TFLiteBackend", ".tflite", True),
+        BackendInfo("nb", "edge_shitu.runtimes.paddlelite_backend", "PaddleLiteBackend", ".nb", True),
+        BackendInfo("onnx", "edge_shitu.runtimes.onnx_backend", "OnnxBackend", ".onnx", False),
+        BackendInfo("paddle", "edge_shitu.runtimes.paddle_backend", "PaddleBackend", "", False),
     )
 }
 # Names older board configs / manifests used for a backend.
@@ -68,7 +63,6 @@ class ArtifactFormat:
     source: str
     cpu: Optional[str] = None
     deployable: bool = True  # may appear in a board config / bundle
-    notes: str = field(default="", compare=False)
 
     @property
     def target(self) -> str:
@@ -131,10 +125,6 @@ def backend_name(name: str) -> str:
         raise EdgeShituError(f"unknown backend {name!r}: use one of "
                              f"{', '.join(b for b, i in BACKENDS.items() if i.device)}")
     return n
-
-
-def backend_info(name: str) -> BackendInfo:
-    return BACKENDS[backend_name(name)]
 
 
 # ----------------------------------------------------------------------------- CPUs and native builds
