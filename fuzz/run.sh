@@ -29,26 +29,29 @@ keep_crashes() {  # artifacts -> fuzz/regressions/*.hex (small ones; big ones st
   done
 }
 
+report() {  # NAME LOG RC ERROR_PATTERN: the run's figures, and its first error lines when it failed
+  grep -E "DONE|stat::number_of_executed_units|stat::peak_rss_mb" "$2" | sed 's/^/  /'
+  if [ "$3" -ne 0 ]; then
+    echo "fuzz: the $1 harness failed (exit $3), see $2:" >&2
+    grep -E "$4" "$2" | head -5 >&2
+    status=1
+  fi
+}
+
 rm -f "$out"/artifacts/*
 if make --no-print-directory "$out/esindex_fuzz" >/dev/null 2>"$out/build.log"; then
   echo "fuzz: libFuzzer + ASan/UBSan on runtimes/native/esindex.c + eshamming.c for ${c_secs}s"
   ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 "$out/esindex_fuzz" "$out/corpus" "$out/seeds" \
     "$out/regressions" -max_total_time="$c_secs" -max_len=65536 -rss_limit_mb=1024 -timeout=10 \
     -artifact_prefix="$out/artifacts/c-" -print_final_stats=1 >"$out/c.log" 2>&1
-  rc=$?
-  grep -E "DONE|stat::number_of_executed_units|stat::peak_rss_mb" "$out/c.log" | sed 's/^/  /'
-  if [ $rc -ne 0 ]; then
-    echo "fuzz: the C harness failed (exit $rc), see $out/c.log:" >&2
-    grep -E "ERROR|SUMMARY|runtime error" "$out/c.log" | head -5 >&2
-    status=1
-  fi
+  report C "$out/c.log" $? "ERROR|SUMMARY|runtime error"
 else
   echo "fuzz: SKIPPED the C harness: clang cannot build it with -fsanitize=fuzzer,address (see $out/build.log;" \
        "Debian: apt-get install clang libclang-rt-14-dev)"
 fi
 
 if ! "$py" -c "import atheris" 2>/dev/null; then
-  echo "fuzz: installing atheris into $py's environment (built from source: a few minutes, once)"
+  echo "fuzz: installing atheris into $py's environment (make setup normally has: the fuzz extra)"
   "$py" -m pip install -q "atheris==2.3.0" >"$out/atheris-install.log" 2>&1 || true
 fi
 if "$py" -c "import atheris" 2>/dev/null; then
@@ -56,13 +59,7 @@ if "$py" -c "import atheris" 2>/dev/null; then
   "$py" fuzz/fuzz_index_py.py "$out/py-corpus" "$out/seeds" "$out/regressions" -max_total_time="$py_secs" \
     -max_len=65536 -rss_limit_mb=2048 -timeout=20 -artifact_prefix="$out/artifacts/py-" \
     -print_final_stats=1 >"$out/py.log" 2>&1
-  rc=$?
-  grep -E "DONE|stat::number_of_executed_units|stat::peak_rss_mb" "$out/py.log" | sed 's/^/  /'
-  if [ $rc -ne 0 ]; then
-    echo "fuzz: the Python harness failed (exit $rc), see $out/py.log:" >&2
-    grep -E "Error|Exception|Traceback" "$out/py.log" | head -5 >&2
-    status=1
-  fi
+  report Python "$out/py.log" $? "Error|Exception|Traceback"
 else
   echo "fuzz: SKIPPED the Python harness: atheris does not install here (see $out/atheris-install.log)"
 fi
