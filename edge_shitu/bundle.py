@@ -93,9 +93,10 @@ def _kind_of(mode: int) -> str:
 class Bundle:
     """An opened bundle. Artifact checksums are verified when an artifact is requested."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, root: Path, manifest: dict[str, Any], built: dict[str, Any] | None = None) -> None:
         self.root = root
         self.manifest = manifest
+        self._built = built if built is not None else check_manifest(manifest, root / MANIFEST)
 
     @classmethod
     def open(cls, path: str | Path) -> Bundle:
@@ -121,8 +122,7 @@ class Bundle:
                                  "re-copy the bundle") from None
         except OSError as e:
             raise EdgeShituError(f"{mpath}: cannot be read ({e.strerror or e})") from None
-        check_manifest(manifest, mpath)
-        b = cls(root, manifest)
+        b = cls(root, manifest, check_manifest(manifest, mpath))
         b.paths()  # every path resolved now: a bundle pointing outside itself is refused at once
         return b
 
@@ -159,6 +159,12 @@ class Bundle:
         then ``preprocess.DEFAULT_MAX_PIXELS``. Pass it as ``load_image(path, max_pixels=...)``."""
         v = (self.manifest.get("board") or {}).get("max_image_pixels")
         return int(v) if v is not None else None
+
+    def preprocess(self, which: str) -> Any:
+        """The ``RecPreprocess`` ("rec") or ``DetPreprocess`` ("det") built from the manifest when
+        it was checked (one build per bundle)."""
+        self.model(which)  # one line when the bundle has no such model
+        return self._built[f"{which}.preprocess"]
 
     def model(self, which: str) -> dict[str, Any]:
         m = self.manifest.get(which)
@@ -228,10 +234,11 @@ def verify_file(path: Path, sha256: str, size: int | None) -> None:
                              "replaced: re-copy the bundle")
 
 
-def check_manifest(m: Any, where: Path | str) -> None:
+def check_manifest(m: Any, where: Path | str) -> dict[str, Any]:
     """The checks shared by the writer (convert) and the readers: format, version, then the
     schema (types and ranges of every key the runtime reads, paths lexically inside the bundle)
-    and the preprocessing the runtime will build from it."""
+    and the preprocessing the runtime will build from it, which is returned by key
+    (``rec.preprocess``, ``det.preprocess``)."""
     where = str(where)
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise EdgeShituError(f"{where}: not an edge-shitu bundle manifest (format != {FORMAT})")
@@ -244,12 +251,13 @@ def check_manifest(m: Any, where: Path | str) -> None:
         raise VersionError(f"{where}: bundle format {version[0]}.{version[1]}; this edge-shitu reads "
                            f"{FORMAT_VERSION[0]}.x: upgrade edge-shitu on the device or rebuild the bundle")
     validate(m, where)
-    _check_preprocess(m, where)
+    return _check_preprocess(m, where)
 
 
-def _check_preprocess(m: dict[str, Any], where: str) -> None:
+def _check_preprocess(m: dict[str, Any], where: str) -> dict[str, Any]:
     """Build what the runtime builds from the manifest, so that anything the schema lets through
-    but the runtime would refuse is still one line naming the key, at open time."""
+    but the runtime would refuse is still one line naming the key, at open time; the built
+    objects are returned by key, for the runtime to use instead of building them again."""
     from edge_shitu.detection import PicoDetHead
     from edge_shitu.preprocess import DetPreprocess, RecPreprocess
 
@@ -260,14 +268,16 @@ def _check_preprocess(m: dict[str, Any], where: str) -> None:
             head = (a.get("details") or {}).get("head")
             if head:
                 checks.append((f"det.artifacts[{i}].details.head", PicoDetHead.from_dict, head))
+    built: dict[str, Any] = {}
     for key, build, value in checks:
         try:
-            build(value)
+            built[key] = build(value)
         except EdgeShituError as e:
             raise ManifestError(f"{where}: {key}: {e}") from None
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
             raise ManifestError(f"{where}: {key} is not usable ({type(e).__name__}: {e}); fix the file or "
                                 "rebuild the bundle with 'edge-shitu convert'") from None
+    return built
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:

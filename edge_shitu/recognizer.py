@@ -30,8 +30,8 @@ from edge_shitu import formats
 from edge_shitu.bundle import Bundle
 from edge_shitu.detection import PicoDetHead
 from edge_shitu.errors import EdgeShituError
-from edge_shitu.pipeline import Detector, HammingSearcher, Pipeline, Searcher, Settings
-from edge_shitu.preprocess import DetPreprocess, RecPreprocess
+from edge_shitu.pipeline import Detector, HammingSearcher, Pipeline, Searcher, Settings, crop_boxes
+from edge_shitu.preprocess import RecPreprocess
 
 if TYPE_CHECKING:
     from edge_shitu.gallery_ops import GalleryAdd, GalleryRemove
@@ -82,7 +82,7 @@ class Recognizer(Pipeline):
         det_kind = _runnable_kind(b, "det", backend, det_precision or precision) if b.has_detector else None
 
         rec_art = b.artifact("rec", kind)
-        rec_pre = RecPreprocess.from_dict(b.model("rec")["preprocess"])
+        rec_pre = b.preprocess("rec")
         _use_bundle_kernel(b, kernel)
         index = GalleryIndex.open(b.index_path)
         b.check_index(index)  # index and extractor agree, before any photo
@@ -90,7 +90,7 @@ class Recognizer(Pipeline):
         detector = None
         if det_kind is not None:
             det_art = b.artifact("det", det_kind)
-            det_pre = DetPreprocess.from_dict(b.model("det")["preprocess"])
+            det_pre = b.preprocess("det")
             details = det_art.details
             head = PicoDetHead.from_dict(details["head"]) if details.get("cut_before_nms") and details.get("head") \
                 else None
@@ -118,8 +118,6 @@ class Recognizer(Pipeline):
 
     def main_object_box(self, img: np.ndarray) -> Optional[tuple[int, int, int, int]]:
         """The best detection above the detector threshold (integer box), or None (whole photo)."""
-        from edge_shitu.pipeline import crop_boxes
-
         if self.detector is None:
             return None
         h, w = img.shape[:2]
