@@ -184,7 +184,7 @@ $(BUILD)/fuzz/esindex_fuzz: fuzz/esindex_fuzz.c $(NATIVE_SRC) $(NATIVE_HDR)
 	$(FUZZ_CC) -g -O1 -std=c11 -Wall -Wextra -Werror -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 	  -Iruntimes/native -o $@.tmp fuzz/esindex_fuzz.c $(NATIVE_SRC) && mv $@.tmp $@
 
-fuzz: ## bounded fuzzing of the index readers: libFuzzer+ASan on the C reader (60 s), atheris on the Python one (20 s)
+fuzz: ## bounded fuzzing of the index readers: libFuzzer+ASan on the C reader (60 s), atheris on the Python one (20 s); part of make test
 	PY=$(PY) bash fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_PY_SECONDS)
 
 fuzz-long: ## the same, 10 minutes on the C reader and 2 on the Python one
