@@ -6,7 +6,7 @@ EdgeShituError or open; an opened file is searched (plain, capped k, re-ranked) 
 (info as JSON). Any other exception is a crash: atheris saves the input (-artifact_prefix).
 
 Usage (libFuzzer flags): python fuzz/fuzz_index_py.py CORPUS_DIR SEED_DIR -max_total_time=60
-Run by `make fuzz` / `make fuzz-long` and, briefly, by tests/test_fuzz_atheris.py.
+Run by `make fuzz` / `make fuzz-long` (make test runs make fuzz).
 """
 
 from __future__ import annotations
