@@ -29,7 +29,7 @@ from edge_shitu.bundle import FORMAT, FORMAT_VERSION, artifact_entry, sha256_fil
 from edge_shitu.errors import EdgeShituError
 from edge_shitu.formats import Artifact, artifact_format, is_image_file, kind_for
 from edge_shitu.gallery import Gallery, read_gallery
-from edge_shitu.gallery_build_embed import embed_images, rec_preprocess_for
+from edge_shitu.gallery_build_embed import embed_images, rec_preprocess_for  # noqa: F401 (benchmarks import it here)
 from edge_shitu.gallery_index import GalleryIndex
 from edge_shitu.hashing import l2_normalize
 from edge_shitu.preprocess import DetPreprocess, RecPreprocess, load_image
@@ -58,6 +58,13 @@ class ConvertOptions:
     gallery_features: str = "reference"
     work_dir: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    # models other than Paddle legacy folders (docs/model-inputs.md): preprocessing specs by model
+    # kind ("det"/"rec": a YAML path, a "k=v,..." string or a mapping), the detector's classes
+    # (COCO names / ids, "agnostic"), where TFLite comes from ("onnx": the user's ONNX file)
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    det_classes: Any = None
+    tflite_route: str = "onnx"
+    prepared: dict[str, Any] = field(default_factory=dict)  # kind -> PreparedModel made by convert()
 
 
 # ---------------------------------------------------------------- inputs
@@ -76,6 +83,26 @@ def check_kind(model_dir: Path, expected: str) -> None:
                 "rec": "a feature extractor (one image input)"}
         raise EdgeShituError(f"{model_dir} looks like {what[kind]}, but was given as --{expected}; "
                              "swap --det and --rec")
+
+
+def check_input(path: Path, kind: str, opts: ConvertOptions) -> None:
+    """A model given as --det / --rec: recognised by content, of the right kind, with a usable
+    preprocessing; one line otherwise (before anything is decoded or written)."""
+    from edge_shitu.converters.model_input import inspect_model
+
+    p = Path(path)
+    if p.is_dir() and any(p.glob("*.pdmodel")):  # a Paddle legacy folder: checked as it always was
+        check_kind(p, kind)
+        if kind == "det" and opts.preprocess.get("det") is None:
+            det_preprocess_for(p)
+        return
+    try:
+        info = inspect_model(p, kind)
+    except EdgeShituError as e:
+        raise EdgeShituError(f"--{kind} {e}") from None
+    from edge_shitu.converters.model_source import spec_for
+
+    spec_for(info, kind, opts.preprocess.get(kind))
 
 
 def det_preprocess_for(model_dir: Path) -> DetPreprocess:
@@ -121,6 +148,7 @@ class ModelResult:
     pruning: dict[str, Any] | None
     extra: dict[str, Any] = field(default_factory=dict)
     runnable: dict[str, Path] = field(default_factory=dict)  # artifact kind -> a host-runnable file
+    prepared: Any = None  # converters/model_source.PreparedModel
 
 
 def _latency(path: Path, backend: str, feeds: Feeds, opts: ConvertOptions) -> dict[str, Any]:
@@ -214,28 +242,18 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
     (``converters/exporter.py``); the models they consume (the format rows' ``source``) are
     made once, when first needed: PTQ for the quantized program, the ONNX export for TFLite.
     """
-    from edge_shitu.converters import exporter, prune
-    from edge_shitu.converters.paddle_model import count_params, load_program
+    from edge_shitu.converters import exporter, model_source, prune
+    from edge_shitu.converters.paddle_model import count_params
 
-    model_dir = Path(model_dir)
-    check_kind(model_dir, kind)
-    if kind == "rec":
-        pre = rec_preprocess_for(model_dir)
-
-        def feed(img: np.ndarray, name: str) -> Feeds:
-            return {name: pre.batch([img])}
-
-        pre_dict = pre.to_dict()
-    else:
-        dpre = det_preprocess_for(model_dir)
-
-        def feed(img: np.ndarray, name: str) -> Feeds:  # the detector feeds all three inputs
-            return dpre(img)
-
-        pre_dict = dpre.to_dict()
-    _, feed_names, _ = load_program(model_dir)
-    calib = [feed(im, feed_names[0]) for im in calib_images]
-    verify = [feed(im, feed_names[0]) for im in verify_images]
+    prepared = opts.prepared.get(kind) or model_source.prepare(
+        Path(model_dir), kind, list(verify_images[:4]) or list(calib_images[:4]), work,
+        preprocess=opts.preprocess.get(kind), classes=opts.det_classes if kind == "det" else None,
+        tflite_route=opts.tflite_route, progress=progress)
+    model_dir = prepared.paddle_dir  # the Paddle program PaddleSlim and Paddle Lite take
+    reference_path = prepared.reference  # the FP32 reference: the folder, or an .onnx run by onnxruntime
+    pre_dict = prepared.pre.to_dict()
+    calib = [prepared.feed(im) for im in calib_images]
+    verify = [prepared.feed(im) for im in verify_images]
     out_dir.mkdir(parents=True, exist_ok=True)
     for a in artifacts:
         artifact_format(a)  # an unknown kind fails before any work
@@ -256,7 +274,11 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
     # head); an extractor's int8 TFLite keeps its global pooling float, with MSE activation ranges
     options: dict[str, Any] = {"cut_before_nms": True} if kind == "det" else {"float_pooling": True,
                                                                                 "mse_ranges": True}
+    if prepared.head is not None:  # a raw GFL head: no NMS in the graph, nothing to cut
+        options = {}
     sources: dict[str, Path] = {"paddle": pruned_dir}
+    if prepared.onnx is not None and pruned_dir == model_dir:  # TFLite straight from the user's ONNX
+        sources["onnx"] = prepared.onnx
 
     def job(kinds: Sequence[str], dest: Path, reference: Path | None) -> exporter.ExportJob:
         return exporter.ExportJob(model=kind, kinds=list(kinds), sources=sources, out_dir=dest, reference=reference,
@@ -271,12 +293,16 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
             progress(f"{kind}: int8 post-training quantization ({len(calib)} calibration images)")
             from edge_shitu.converters import quantize
 
-            sources[source] = Path(quantize.quantize_in_subprocess(pruned_dir, work / f"{kind}_int8", calib).out_dir)
+            # x2paddle's programs are batch-1 (fixed reshapes): calibrate image by image
+            qkw: dict[str, Any] = {} if prepared.legacy else {"batch_size": 1}
+            sources[source] = Path(quantize.quantize_in_subprocess(pruned_dir, work / f"{kind}_int8", calib,
+                                                                   **qkw).out_dir)
         else:  # an intermediate export (the fp32 or pruned ONNX; never PaddleSlim's QDQ ONNX)
             inter = exporter.kind_named(source, "fp32")
             need(artifact_format(inter).source)
             # a cut detector's ONNX is checked against its pruned program, cut the same way
-            art = exporter.export(job([inter], work, model_dir if kind == "rec" else None))[0]
+            cut_ref = None if kind == "det" and prepared.head is None else reference_path
+            art = exporter.export(job([inter], work, cut_ref))[0]
             sources[source] = art.path
             if art.details.get("head") is not None:
                 options["detector_head"] = art.details["head"]  # the FP32 program is cut to match
@@ -287,20 +313,33 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
     for group in exporter.groups(artifacts):
         for k in group:
             need(artifact_format(k).source)
-        for art in exporter.export(job(group, out_dir, model_dir)):
-            entries.append(_entry(art, out_dir.parent, pruned_flag, verify[0], opts, f"{kind} {art.kind}"))
+        for art in exporter.export(job(group, out_dir, reference_path)):
+            entry = _entry(art, out_dir.parent, pruned_flag, verify[0], opts, f"{kind} {art.kind}")
+            if prepared.head is not None:  # decoded on the device by edge_shitu/gfl_head.py
+                entry["details"] = {**(entry.get("details") or {}), "head": prepared.head}
+            if not prepared.legacy and art.spec.family == "tflite":
+                entry["details"] = {**(entry.get("details") or {}),
+                                    "tflite_source": "onnx file" if "onnx" in sources and sources["onnx"] ==
+                                    prepared.onnx else "paddle program (x2paddle)"}
+            entries.append(entry)
             if art.spec.runs_here():
                 runnable[art.kind] = art.path
-    progress(f"{kind}: FP32 Paddle Inference reference latency")
     from edge_shitu.converters.paddle_model import load_model
     from edge_shitu.runtimes.paddle_backend import find_model_files
 
-    files = find_model_files(model_dir)
-    assert files.params_path is not None
-    reference = {"bytes": files.params_path.stat().st_size + files.model_path.stat().st_size,
-                 "params": count_params(load_model(model_dir)),
-                 "latency_ms": _latency(model_dir, "paddle", verify[0], opts)}
-    return ModelResult(kind, pre_dict, entries, reference, pruning, runnable=runnable)
+    if prepared.legacy:
+        progress(f"{kind}: FP32 Paddle Inference reference latency")
+        files = find_model_files(model_dir)
+        assert files.params_path is not None
+        reference = {"bytes": files.params_path.stat().st_size + files.model_path.stat().st_size,
+                     "params": count_params(load_model(model_dir)),
+                     "latency_ms": _latency(model_dir, "paddle", verify[0], opts)}
+    else:
+        progress(f"{kind}: FP32 onnxruntime reference latency")
+        reference = {"bytes": Path(reference_path).stat().st_size, "params": count_params(load_model(model_dir)),
+                     "engine": "onnxruntime", "input_format": prepared.format,
+                     "latency_ms": _latency(Path(reference_path), "onnx", verify[0], opts), **prepared.details}
+    return ModelResult(kind, pre_dict, entries, reference, pruning, runnable=runnable, prepared=prepared)
 
 
 # ---------------------------------------------------------------- gallery
@@ -376,6 +415,8 @@ def _tool_versions() -> dict[str, str]:
 
 
 def _model_hashes(model_dir: Path) -> dict[str, Any]:
+    if model_dir.is_file():  # an .onnx file
+        return {"file": str(model_dir), "sha256": sha256_file(model_dir)}
     files = {p.name: sha256_file(p) for p in sorted(model_dir.iterdir()) if p.is_file()}
     return {"dir": str(model_dir), "files": files}
 
@@ -400,13 +441,9 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
     opts = opts or ConvertOptions()
     say: Progress = progress or (lambda msg: print(f"edge-shitu: {msg}", file=sys.stderr))
     board = load_board(board_name)  # fail fast on a bad board name
-    for d, what in ((rec_dir, "--rec"), (det_dir, "--det")):
-        if d is not None and not Path(d).is_dir():
-            raise EdgeShituError(f"{what} {d}: not a directory (pass the folder with inference.pdmodel)")
-    check_kind(Path(rec_dir), "rec")  # before the gallery is decoded: a swapped pair fails in a second
+    check_input(Path(rec_dir), "rec", opts)  # before the gallery is decoded: a swapped pair fails in a second
     if det_dir is not None:
-        check_kind(Path(det_dir), "det")
-        det_preprocess_for(Path(det_dir))
+        check_input(Path(det_dir), "det", opts)
     gallery = read_gallery(gallery_dir, labels)
     say(f"gallery: {len(gallery)} photos, {len(set(gallery.labels))} labels")
     decoded: list[tuple[Any, np.ndarray]] = list(gallery.images())
@@ -428,10 +465,13 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
                                           work, opts, say)
         models["rec"] = rec = convert_model(Path(rec_dir), "rec", calib_imgs, verify_imgs, board.artifacts,
                                             root / "rec", work, opts, say)
-        pre = rec_preprocess_for(Path(rec_dir))
+        prepared = rec.prepared
+        pre = prepared.pre
+        ref_model = Path(prepared.reference)
         # ---- the gallery: FP32 reference features (default) or the device's primary artifact's
         say(f"gallery: FP32 reference features of {len(images)} photos")
-        ref_feats = embed(None, None, Path(rec_dir), pre, images)
+        ref_feats = embed(None if prepared.legacy else ref_model, None if prepared.legacy else "onnx", ref_model,
+                          pre, images)
         try:  # the board's artifact as this host runs it
             primary: str | None = kind_for(board.backend, board.precision)
         except EdgeShituError:
@@ -441,13 +481,13 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
         feats, embedded_by = ref_feats, "paddle:fp32 reference"
         if opts.gallery_features == "artifact" and primary_art is not None:
             say(f"gallery: embedding {len(images)} photos with {primary_art.name}")
-            feats, embedded_by = embed(primary_art, None, Path(rec_dir), pre, images), primary_art.name
+            feats, embedded_by = embed(primary_art, None, ref_model, pre, images), primary_art.name
         for entry in rec.entries:  # top-1 gallery-neighbour agreement of every runnable artifact
             path = rec.runnable.get(entry["kind"])
             if path is None:
                 continue
             say(f"rec: top-1 neighbour agreement of {entry['kind']} on {len(rows)} gallery photos")
-            art = feats[rows] if embedded_by == path.name else embed(path, None, Path(rec_dir), pre,
+            art = feats[rows] if embedded_by == path.name else embed(path, None, ref_model, pre,
                                                                      [images[i] for i in rows])
             _gate_agreement(entry, ref_feats[rows], art, opts)
         bits = opts.bits or int(board.index.get("bits", 256))
@@ -496,6 +536,12 @@ def _manifest(board: Board, models: dict[str, ModelResult], index: GalleryIndex,
         det_block["postprocess"] = {"type": "picodet", "nms": "in-graph (.nb) / runtime (tflite)",
                                     "score_threshold": board.det.get("threshold", 0.2),
                                     "keep_top_k": board.det.get("max_det", 5)}
+        head = getattr(models["det"].prepared, "head", None)
+        if head is not None:  # a raw GFL head, decoded on the device (edge_shitu/gfl_head.py)
+            det_block["postprocess"] = {"type": "gfl", "nms": head["nms"], "classes": head["classes"],
+                                        "class_agnostic": head["class_agnostic"],
+                                        "score_threshold": board.det.get("threshold", 0.2),
+                                        "keep_top_k": board.det.get("max_det", 5)}
     info = index.info()
     m: dict[str, Any] = {
         "format": FORMAT, "format_version": list(FORMAT_VERSION), "created_by": f"edge-shitu {__version__}",

@@ -401,7 +401,7 @@ def verify_file(
     from edge_shitu.runtimes.backend import open_backend
 
     art = open_backend(path, kind, threads)
-    ref = reference if hasattr(reference, "run") else open_backend(reference, "paddle", threads)
+    ref = reference if hasattr(reference, "run") else open_backend(reference, reference_backend(reference), threads)
     fid = compare(ref, art, feeds, stage=stage, ref_outputs=ref_outputs)
     if thresholds:
         check(fid, thresholds)
@@ -443,7 +443,7 @@ def _verify_worker(job: Mapping[str, Any]) -> dict[str, Any]:
 
     feeds = load_feeds(job["feeds"])
     art = open_backend(job["path"], job["kind"], 1)
-    ref = open_backend(job["reference"], "paddle", 1)
+    ref = open_backend(job["reference"], reference_backend(job["reference"]), 1)
     if job["mode"] == "boxes":
         refs, arts = run_all(ref, feeds), run_all(art, feeds)
         fid = Fidelity(stage=job["stage"], artifact=art.name, reference=ref.name, samples=len(feeds),
@@ -458,6 +458,17 @@ def _verify_worker(job: Mapping[str, Any]) -> dict[str, Any]:
 # What a Fidelity names as its reference once it leaves the build machine (a manifest, a report):
 # every artifact is compared with the FP32 Paddle program (or its head, cut the same way).
 FP32_REFERENCE = "paddle:fp32 reference"
+ONNX_REFERENCE = "onnx:fp32 reference (onnxruntime)"
+
+
+def reference_backend(reference: Any) -> str:
+    """The engine of an FP32 reference: onnxruntime for an ``.onnx`` file (a user's ONNX model, or
+    the verified ONNX of a Paddle 3 folder), Paddle Inference for a model directory."""
+    return "onnx" if str(reference).lower().endswith(".onnx") else "paddle"
+
+
+def reference_label(reference: Any) -> str:
+    return ONNX_REFERENCE if reference_backend(reference) == "onnx" else FP32_REFERENCE
 
 
 def verify_in_process(
@@ -482,9 +493,9 @@ def verify_in_process(
 
     art = open_backend(path, backend, 1)
     if head is None:
-        ref = open_backend(reference, "paddle", 1)
+        ref = open_backend(reference, reference_backend(reference), 1)
         fid = compare(ref, art, feeds, stage=stage, ref_outputs=ref_outputs)
-        fid.reference = FP32_REFERENCE
+        fid.reference = reference_label(reference)
         check(fid, thresholds)
         return fid
     if cut_dir is None:
@@ -495,7 +506,7 @@ def verify_in_process(
     arts = run_all(art, image_feeds)
     outs = [compare_tensors(name, [d[i] for d in decoded], [a[i] for a in arts])
             for i, name in enumerate(("boxes", "scores"))]
-    full_out = run_all(open_backend(reference, "paddle", 1), feeds)
+    full_out = run_all(open_backend(reference, reference_backend(reference), 1), feeds)
     ref_boxes, art_boxes, cand = [], [], []
     for f, fo, a in zip(feeds, full_out, arts):
         im_shape = np.asarray(f.get("im_shape", np.array([f[head.image].shape[2:]]))).reshape(-1)[:2]
@@ -527,7 +538,7 @@ def verify_nb_run(nb: Path, program: Path, reference: Path, feeds: Sequence[Feed
 
     if not has_nms(program):
         fid = verify_in_subprocess(str(nb), str(reference), feeds, stage=stage, kind="nb")
-        fid.reference = FP32_REFERENCE
+        fid.reference = reference_label(reference)
         return fid
     fid = verify_in_subprocess(str(nb), str(reference), feeds, stage=stage, kind="nb", mode="boxes")
     fid.reference = FP32_REFERENCE
@@ -551,8 +562,9 @@ def verify_quantized_program(program_dir: Path, reference: Path, feeds: Sequence
     from edge_shitu.runtimes.backend import open_backend
     from edge_shitu.runtimes.paddle_backend import PaddleBackend
 
-    fid = compare(open_backend(reference, "paddle"), PaddleBackend(program_dir, mkldnn=False), feeds, stage=stage)
-    fid.reference = FP32_REFERENCE
+    fid = compare(open_backend(reference, reference_backend(reference)), PaddleBackend(program_dir, mkldnn=False),
+                  feeds, stage=stage)
+    fid.reference = reference_label(reference)
     return fid
 
 

@@ -39,12 +39,17 @@ if TYPE_CHECKING:
 
 
 def convert(rec: Any, gallery: Any, board: str = "rpi4", out: Any = "bundle", *, det: Any = None,
-            labels: Any = None, progress: Any = None, **options: Any) -> dict[str, Any]:
+            labels: Any = None, progress: Any = None, det_preprocess: Any = None, rec_preprocess: Any = None,
+            **options: Any) -> dict[str, Any]:
     """Prune, quantize, export and verify ``rec`` (and ``det``) for ``board``, index ``gallery``,
     and write one bundle to ``out``; returns the manifest. ``options`` are
     :class:`edge_shitu.converters.convert.ConvertOptions` fields (``allow_degraded=True``,
     ``prune=False``, ``n_calib=16``, ...); ``progress`` a ``callable(str)`` for stage messages
-    (default: stderr). Needs ``pip install 'edge-shitu[convert]'`` (Python 3.10)."""
+    (default: stderr). ``rec`` / ``det``: a Paddle inference folder, a Paddle 3 folder
+    (inference.json) or an ``.onnx`` file; ``det_preprocess`` / ``rec_preprocess``: the
+    preprocessing of a model that does not carry it (a YAML path, ``"k=v,..."`` or a mapping:
+    docs/model-inputs.md); ``det_classes=`` COCO names / ids or ``"agnostic"``.
+    Needs ``pip install 'edge-shitu[convert]'`` (Python 3.10)."""
     from pathlib import Path
 
     from edge_shitu.converters.convert import ConvertOptions
@@ -53,6 +58,9 @@ def convert(rec: Any, gallery: Any, board: str = "rpi4", out: Any = "bundle", *,
     for key in ("calib_dir", "work_dir"):
         if options.get(key) is not None:
             options[key] = Path(options[key])
+    pre = {k: v for k, v in (("det", det_preprocess), ("rec", rec_preprocess)) if v is not None}
+    if pre:
+        options["preprocess"] = {**options.get("preprocess", {}), **pre}
     return _convert(Path(rec), Path(gallery), board, Path(out), det_dir=None if det is None else Path(det),
                     labels=None if labels is None else Path(labels), opts=ConvertOptions(**options),
                     progress=progress)

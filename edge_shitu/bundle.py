@@ -259,6 +259,7 @@ def _check_preprocess(m: dict[str, Any], where: str) -> dict[str, Any]:
     but the runtime would refuse is still one line naming the key, at open time; the built
     objects are returned by key, for the runtime to use instead of building them again."""
     from edge_shitu.detection import PicoDetHead
+    from edge_shitu.gfl_head import GFLHead
     from edge_shitu.preprocess import DetPreprocess, RecPreprocess
 
     checks: list[tuple[str, Any, Any]] = [("rec.preprocess", RecPreprocess.from_dict, m["rec"]["preprocess"])]
@@ -267,7 +268,9 @@ def _check_preprocess(m: dict[str, Any], where: str) -> dict[str, Any]:
         for i, a in enumerate(m["det"]["artifacts"]):
             head = (a.get("details") or {}).get("head")
             if head:
-                checks.append((f"det.artifacts[{i}].details.head", PicoDetHead.from_dict, head))
+                build = GFLHead.from_dict if isinstance(head, dict) and head.get("type") == "gfl" \
+                    else PicoDetHead.from_dict
+                checks.append((f"det.artifacts[{i}].details.head", build, head))
     built: dict[str, Any] = {}
     for key, build, value in checks:
         try:

@@ -67,16 +67,27 @@ def _progress(enabled: bool, total: int | None = None) -> Iterator:
         bar.update(task, completed=total)
 
 
+PRE_HELP = ("Preprocessing of a model that does not carry it (ONNX, Paddle 3 without a config): a YAML file "
+            "or 'size=320,fit=stretch,mean=0.485/0.456/0.406,...' (docs/model-inputs.md).")
+CLASSES_HELP = ("Detector classes kept from a general (COCO) detector: names or 0-based ids, comma-separated "
+                "(e.g. 'bottle,cup,wine glass'), or 'agnostic' (one NMS over all classes).")
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def convert(
         rec: Path = typer.Option(..., "--rec", help="Feature extractor: Paddle inference model folder "
-                                 "(inference.pdmodel + inference.pdiparams)."),
+                                 "(inference.pdmodel + inference.pdiparams), Paddle 3 folder (inference.json) "
+                                 "or .onnx file."),
         gallery: Path = typer.Option(..., "--gallery", help="Gallery image root (PaddleClas layout)."),
         board: str = typer.Option(..., "--board", help="Target board (see 'edge-shitu boards')."),
         out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write (replaced atomically)."),
-        det: Optional[Path] = typer.Option(None, "--det", help="Mainbody detector model folder (with infer_cfg.yml); "
-                                           "omit for whole-image recognition."),
+        det: Optional[Path] = typer.Option(None, "--det", help="Mainbody detector: model folder (with infer_cfg.yml) "
+                                           "or .onnx with a raw PicoDet/GFL head; omit for whole-image "
+                                           "recognition."),
+        det_preprocess: Optional[str] = typer.Option(None, "--det-preprocess", help=PRE_HELP),
+        rec_preprocess: Optional[str] = typer.Option(None, "--rec-preprocess", help=PRE_HELP),
+        det_classes: Optional[str] = typer.Option(None, "--det-classes", help=CLASSES_HELP),
         labels: Optional[Path] = typer.Option(None, "--labels", help="'path<TAB>label' file (default: the one in the "
                                               "gallery root, or one sub-folder per label)."),
         calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images (default: the gallery)."),
@@ -117,7 +128,8 @@ def register(app: typer.Typer) -> None:
             manifest = run(rec, gallery, board, out, det=det, labels=labels, progress=say, prune=not no_prune,
                            prune_ratio=prune_ratio, fidelity_budget=budget, calib_dir=calib,
                            allow_degraded=allow_degraded, bits=bits, n_calib=calib_images, n_verify=verify_images,
-                           n_agree=agree_images, gallery_features=gallery_features)
+                           n_agree=agree_images, gallery_features=gallery_features, det_preprocess=det_preprocess,
+                           rec_preprocess=rec_preprocess, det_classes=det_classes)
         if json_out:
             typer.echo(json.dumps(manifest, ensure_ascii=False, indent=1))
         else:
@@ -127,8 +139,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command("convert-model")
     def convert_model(
-        model: Path = typer.Argument(..., help="Paddle inference model folder."),
-        kind: str = typer.Option(..., "--kind", help="'det' (mainbody detector) or 'rec' (feature extractor)."),
+        model: Path = typer.Argument(..., help="Paddle inference model folder, Paddle 3 folder (inference.json) or "
+                                     ".onnx file."),
+        kind: Optional[str] = typer.Option(None, "--kind", help="'det' (mainbody detector) or 'rec' (feature "
+                                           "extractor); default: recognised from the model's interface."),
+        preprocess: Optional[str] = typer.Option(None, "--preprocess", help=PRE_HELP),
+        det_classes: Optional[str] = typer.Option(None, "--det-classes", help=CLASSES_HELP),
         calib: Path = typer.Option(..., "--calib", help="Folder of calibration images."),
         out: Path = typer.Option(..., "--out", "-o", help="Folder for the artifacts."),
         board: str = typer.Option("x86-64", "--board", help="Which artifacts to emit (a board's list)."),
@@ -145,20 +161,27 @@ def register(app: typer.Typer) -> None:
         artifacts of the board's list land in OUT/KIND/ with OUT/artifacts.json describing them.
         """
         from edge_shitu.boards import load_board
+        from edge_shitu.converters.model_input import inspect_model
 
-        if kind not in ("det", "rec"):
+        if kind not in (None, "det", "rec"):
             raise EdgeShituError(f"--kind {kind}: use 'det' or 'rec'")
+        if kind is None:  # recognised from the interface; anything but a model fails here, in one line
+            info = inspect_model(model)
+            kind = info.kind
+        if kind is None:
+            raise EdgeShituError(f"{model}: cannot tell a detector from an extractor ({info.kind_reason}): pass --kind")
         b = load_board(board)
         _need_stack()
         import tempfile
 
         from edge_shitu.atomic import atomic_dir
-        from edge_shitu.converters.convert import ConvertOptions, check_kind, load_calib_dir, split_images
+        from edge_shitu.converters.convert import ConvertOptions, check_input, load_calib_dir, split_images
         from edge_shitu.converters.convert import convert_model as run
 
-        check_kind(model, kind)  # a model of the wrong kind fails before any photo is decoded
         opts = ConvertOptions(prune=not no_prune, allow_degraded=allow_degraded, n_calib=calib_images,
-                              n_verify=verify_images)
+                              n_verify=verify_images, preprocess={kind: preprocess} if preprocess else {},
+                              det_classes=det_classes)
+        check_input(model, kind, opts)  # a model of the wrong kind fails before any photo is decoded
         with _progress(not json_out, count_stages(b.artifacts, not no_prune)) as say:
             images = load_calib_dir(calib, say)
             cal, ver = split_images(images, opts.n_calib, opts.n_verify)

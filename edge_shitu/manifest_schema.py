@@ -368,12 +368,45 @@ DET_HEAD = Obj({
     })),
 })
 
+# a raw GFL head decoded on the device (edge_shitu/gfl_head.py: PicoDet ONNX without NMS)
+GFL_HEAD = Obj({
+    "type": Key(Str(("gfl",)), required=True),
+    "input_size": Key(SIZE2, required=True),
+    "num_classes": Key(Int(1), required=True),
+    "strides": Key(ListOf(Int(1))),
+    "reg_max": Key(Int(0)),
+    "cell_offset": Key(Num()),
+    "outputs": Key(ListOf(Str())),
+    "image": Key(Str()),
+    "classes": Key(ListOf(Int(0)), nullable=True),
+    "class_agnostic": Key(Bool()),
+    "nms": Key(Obj({
+        "score_threshold": Key(Num()),
+        "nms_threshold": Key(Num(0, 1)),
+        "nms_top_k": Key(Int(-1)),
+        "keep_top_k": Key(Int(-1)),
+    })),
+})
+
+class DetHead(Node):
+    """A detector head: the GFL form when ``type`` is "gfl", else the cut-PicoDet form (errors
+    name the exact key of whichever form the value claims to be)."""
+
+    def describe(self) -> str:
+        return "a detector head description"
+
+    def problem(self, value: Any, path: str) -> Optional[str]:
+        node = GFL_HEAD if isinstance(value, dict) and value.get("type") == "gfl" else DET_HEAD
+        return node.problem(value, path)
+
+
 ARTIFACT = Obj({
     "kind": Key(Str(lambda: formats.DEPLOYABLE_KINDS), required=True),
     "file": Key(RelPath(), required=True),
     "sha256": Key(SHA256, required=True),
     "bytes": Key(Int(0), required=True),
-    "details": Key(Obj({"cut_before_nms": Key(Bool()), "head": Key(DET_HEAD, nullable=True)}), nullable=True),
+    "details": Key(Obj({"cut_before_nms": Key(Bool()),
+                        "head": Key(DetHead(), nullable=True)}), nullable=True),
     "inputs": Key(ListOf(Obj())),
     "outputs": Key(ListOf(Obj())),
 })

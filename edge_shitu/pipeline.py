@@ -32,6 +32,7 @@ import numpy as np
 
 from edge_shitu.detection import PicoDetHead, postprocess_detections
 from edge_shitu.errors import EdgeShituError
+from edge_shitu.gfl_head import GFLHead
 from edge_shitu.hashing import l2_normalize
 from edge_shitu.preprocess import DetPreprocess, RecPreprocess
 from edge_shitu.scores import score_of_distance
@@ -161,7 +162,7 @@ class Settings:
 class Detector:
     """A detector artifact + its preprocessing + the postprocessing its outputs need."""
 
-    def __init__(self, backend: Any, pre: DetPreprocess, head: Optional[PicoDetHead]) -> None:
+    def __init__(self, backend: Any, pre: DetPreprocess, head: Optional[PicoDetHead | GFLHead]) -> None:
         self.backend, self.pre, self.head = backend, pre, head
         self.input_names = [s.name for s in backend.inputs]
 
@@ -173,11 +174,34 @@ class Detector:
 
     def postprocess(self, outs: Sequence[np.ndarray], im_shape: np.ndarray, scale_factor: np.ndarray,
                     min_score: float = 0.0, max_keep: Optional[int] = None) -> np.ndarray:
+        if isinstance(self.head, GFLHead):  # raw GFL maps: decode + class filter + NMS in numpy
+            return self.head.postprocess(order_gfl_outputs(outs, self.head), im_shape, scale_factor,
+                                         min_score=min_score, max_keep=max_keep)
         if self.head is not None:  # cut before NMS: decoded boxes + scores
             boxes, scores = _boxes_and_scores(outs, self.head.num_classes)
             return postprocess_detections(boxes, scores, self.head, im_shape, scale_factor,
                                           min_score=min_score, max_keep=max_keep)
         return np.asarray(outs[0], dtype=np.float32).reshape(-1, 6)  # in-graph NMS: [K, 6]
+
+
+def order_gfl_outputs(outs: Sequence[np.ndarray], head: GFLHead) -> list[np.ndarray]:
+    """Raw GFL maps in the head's order (score maps by level, then distribution maps), whatever
+    order the engine returns them in (onnx2tf / Paddle Lite may permute outputs): each map is
+    known by its cell count (the level) and its last dimension (classes or 4 x bins)."""
+    arrs = [np.asarray(o) for o in outs]
+    cells = [gh * gw for gh, gw in head.grids]
+    bins = 4 * (head.reg_max + 1)
+    if head.num_classes == bins:  # ambiguous by shape: trust the model's order
+        return head.order_outputs(arrs)
+    by: dict[tuple[int, int], np.ndarray] = {}
+    for a in arrs:
+        n, c = (a.shape[-2], a.shape[-1]) if a.ndim >= 2 else (-1, -1)
+        if c in (head.num_classes, bins) and n in cells:
+            by.setdefault((0 if c == head.num_classes else 1, cells.index(n)), a)
+    if len(by) != 2 * len(cells):
+        raise EdgeShituError(f"detector outputs {[list(a.shape) for a in arrs]} are not the {len(cells)} score + "
+                             f"{len(cells)} box maps of the bundle's GFL head; rebuild the bundle")
+    return [by[(t, i)] for t in (0, 1) for i in range(len(cells))]
 
 
 def _boxes_and_scores(outs: Sequence[np.ndarray], num_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -30,6 +30,7 @@ from edge_shitu import formats
 from edge_shitu.bundle import Bundle
 from edge_shitu.detection import PicoDetHead
 from edge_shitu.errors import EdgeShituError
+from edge_shitu.gfl_head import GFLHead
 from edge_shitu.pipeline import Detector, HammingSearcher, Pipeline, Searcher, Settings, crop_boxes
 from edge_shitu.preprocess import RecPreprocess
 
@@ -92,8 +93,11 @@ class Recognizer(Pipeline):
             det_art = b.artifact("det", det_kind)
             det_pre = b.preprocess("det")
             details = det_art.details
-            head = PicoDetHead.from_dict(details["head"]) if details.get("cut_before_nms") and details.get("head") \
-                else None
+            head: Any = None
+            if isinstance(details.get("head"), dict) and details["head"].get("type") == "gfl":
+                head = GFLHead.from_dict(details["head"])  # raw GFL maps (an ONNX PicoDet without NMS)
+            elif details.get("cut_before_nms") and details.get("head"):
+                head = PicoDetHead.from_dict(details["head"])
             detector = Detector(open_backend(det_art.path, det_art.backend, threads), det_pre, head)
         s = Settings.from_runtime({**rt, "rerank": b.manifest["index"].get("rerank", 0)}, **settings)
         searcher = HammingSearcher(index, k=int(s.top_k), rerank=int(s.rerank))

@@ -76,9 +76,23 @@ class TFLiteBackend:
         self.path = Path(path)
         self.name = f"{self.kind}:{self.path.name}"
         self.threads = threads
+        self.delegate = "xnnpack"
         try:
-            self._it = interp_cls(model_path=str(self.path), num_threads=threads)
-            self._it.allocate_tensors()
+            try:
+                self._it = interp_cls(model_path=str(self.path), num_threads=threads)
+                self._it.allocate_tensors()
+            except RuntimeError as e:
+                if "XNNPACK" not in str(e):
+                    raise
+                # XNNPACK claims some int8 graphs it then cannot prepare (onnx2tf's OSNet-x0.25:
+                # "Node number N (TfLiteXNNPackDelegate) failed to prepare"): the builtin kernels run them
+                import importlib
+
+                resolver = importlib.import_module(interp_cls.__module__).OpResolverType
+                self._it = interp_cls(model_path=str(self.path), num_threads=threads,
+                                      experimental_op_resolver_type=resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+                self._it.allocate_tensors()
+                self.delegate = "builtin (XNNPACK could not prepare the model)"
         except (ValueError, RuntimeError) as e:
             hint = (" (tflite-runtime is too old for this model: install ai-edge-litert)"
                     if self.engine == "tflite-runtime" else "")

@@ -128,3 +128,34 @@ def test_non_square_layout_detector_head():
     head = GFLHead.from_output_shapes(m.input_size(), [(t.name, t.shape) for t in m.outputs], image=m.inputs[0].name)
     assert (head.num_classes, head.reg_max, head.grids[-1]) == (10, 7, (13, 10))
     assert head.outputs[:4] == [t.name for t in m.outputs[:4]]
+
+
+# ----------------------------------------------------------------------------- the device runtime
+def test_pipeline_detector_decodes_gfl_in_any_output_order(picodet_raw) -> None:
+    """pipeline.Detector with a GFL head: the same rows as GFLHead.postprocess, whatever order the
+    engine returns the maps in (onnx2tf / Paddle Lite may permute outputs)."""
+    from edge_shitu.pipeline import Detector, order_gfl_outputs
+
+    head, raw, feeds, _ = picodet_raw
+    im_shape, sf = feeds["im_shape"][0], feeds["scale_factor"][0]
+    want = head.postprocess(raw, im_shape, sf, min_score=0.3)
+    det = Detector.__new__(Detector)
+    det.head = head
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        perm = [raw[i] for i in rng.permutation(len(raw))]
+        np.testing.assert_array_equal(det.postprocess(perm, im_shape, sf, 0.3), want)
+    with pytest.raises(EdgeShituError, match="GFL head"):
+        order_gfl_outputs(raw[:-1], head)
+
+
+def test_manifest_schema_accepts_gfl_head() -> None:
+    from edge_shitu.manifest_schema import ARTIFACT, ManifestError, check
+
+    head = GFLHead(input_size=(320, 320), num_classes=80, classes=["bottle"], class_agnostic=True).to_dict()
+    entry = {"kind": "tflite:int8", "file": "det/det_int8.tflite", "sha256": "0" * 64, "bytes": 1,
+             "details": {"head": head}}
+    check(json.loads(json.dumps(entry)), ARTIFACT, "det.artifacts[0]")
+    bad = {**entry, "details": {"head": {**head, "num_classes": 0}}}
+    with pytest.raises(ManifestError):
+        check(bad, ARTIFACT, "det.artifacts[0]")
