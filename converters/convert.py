@@ -171,7 +171,7 @@ def _gate(art: Any, precision: str, stage: str, opts: ConvertOptions) -> dict[st
     fid = art.fidelity.to_dict() if art.fidelity is not None else {}
     if opts.allow_degraded and art.fidelity is not None:
         try:
-            check(art.fidelity, thresholds_for(precision))
+            check(art.fidelity, thresholds_for(precision, (art.details or {}).get("gfl_head")))
         except EdgeShituError as e:
             why = str(e).replace("; the artifact was not written", "")
             opts.warnings.append(f"{stage}: below threshold, kept because of --allow-degraded: {why}")
@@ -180,7 +180,7 @@ def _gate(art: Any, precision: str, stage: str, opts: ConvertOptions) -> dict[st
 
 
 DETAIL_KEYS = ("int8_mode", "float_ops", "converter", "calibration_samples", "head", "cut_before_nms", "verified_by",
-               "route", "x86_twin_fidelity", "program_fixes")
+               "route", "x86_twin_fidelity", "program_fixes", "onnx_rewrites")
 
 
 def _details(art: Any) -> dict[str, Any]:
@@ -201,7 +201,7 @@ def _summary(fid: dict[str, Any], verified: str) -> dict[str, Any]:
         out["cosine_min"] = float(min(mins))
     boxes = fid.get("boxes")
     if boxes:
-        out["box_recall_iou50"] = boxes.get("match_rate", boxes.get("recall"))
+        out["box_recall_iou50"] = boxes.get("matched_frac")
     if fid.get("degraded"):
         out["degraded"] = True
     return out
@@ -274,8 +274,8 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
     # head); an extractor's int8 TFLite keeps its global pooling float, with MSE activation ranges
     options: dict[str, Any] = {"cut_before_nms": True} if kind == "det" else {"float_pooling": True,
                                                                                 "mse_ranges": True}
-    if prepared.head is not None:  # a raw GFL head: no NMS in the graph, nothing to cut
-        options = {}
+    if prepared.head is not None:  # a raw GFL head: no NMS in the graph, nothing to cut; gated on its boxes
+        options = {"gfl_head": prepared.head}
     sources: dict[str, Path] = {"paddle": pruned_dir}
     if prepared.onnx is not None and pruned_dir == model_dir:  # TFLite straight from the user's ONNX
         sources["onnx"] = prepared.onnx
@@ -465,6 +465,9 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
                                           work, opts, say)
         models["rec"] = rec = convert_model(Path(rec_dir), "rec", calib_imgs, verify_imgs, board.artifacts,
                                             root / "rec", work, opts, say)
+        from edge_shitu.converters.board_runtime import check_bundle_dir  # issue 19: the board's oldest runtime
+
+        check_bundle_dir(board, root)  # must load every TFLite artifact (op versions), else one line, nothing written
         prepared = rec.prepared
         pre = prepared.pre
         ref_model = Path(prepared.reference)

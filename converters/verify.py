@@ -62,9 +62,48 @@ BOX_THRESHOLDS: dict[str, float] = {"box_match": 0.9}
 PERMISSIVE: dict[str, float] = {"cosine_mean": -math.inf, "box_match": 0.0}
 
 
-def thresholds_for(precision: str) -> dict[str, float]:
-    """Default gate for an artifact precision ("fp32", "fp16", "int8")."""
-    return dict({"fp32": FP32_THRESHOLDS, "fp16": FP16_THRESHOLDS, "int8": INT8_THRESHOLDS}[precision])
+# A raw-GFL-head detector is judged by what it is for, its boxes: every reference box scoring
+# >= GFL_GATE_SCORE must be found (IoU 0.5) among the artifact's boxes scoring >= GFL_GATE_SCORE
+# - GFL_SCORE_MARGIN (a score nudged across the threshold by rounding is not a lost object).
+# The raw maps' cosine stays as a floor that only garbage misses.
+GFL_GATE_SCORE, GFL_SCORE_MARGIN = 0.3, 0.05
+GFL_INT8_THRESHOLDS: dict[str, float] = {"cosine_mean": 0.9, "box_match": 0.95}
+
+
+def thresholds_for(precision: str, gfl: Optional[Mapping[str, Any]] = None) -> dict[str, float]:
+    """Default gate for an artifact precision ("fp32", "fp16", "int8"); ``gfl``: the artifact is
+    a raw-GFL-head detector (gated on its decoded boxes)."""
+    base = dict({"fp32": FP32_THRESHOLDS, "fp16": FP16_THRESHOLDS, "int8": INT8_THRESHOLDS}[precision])
+    if gfl is None:
+        return base
+    return dict(GFL_INT8_THRESHOLDS) if precision == "int8" else {**base, "box_match": 0.95}
+
+
+def gfl_boxes(outs: Sequence[np.ndarray], head: Any, min_score: float) -> np.ndarray:
+    """A raw GFL head's boxes in network-input pixels (class column zeroed for a class-agnostic
+    head: which COCO class wins does not matter to a mainbody detector)."""
+    from edge_shitu.pipeline import order_gfl_outputs
+
+    rows = head.postprocess(order_gfl_outputs(outs, head), head.input_size, (1.0, 1.0), min_score=min_score)
+    if head.class_agnostic or head.classes is None:
+        rows = rows.copy()
+        rows[:, 0] = 0
+    return rows
+
+
+def _gfl_fidelity(ref: Backend, art: Backend, feeds: Sequence[Feeds], gfl: Mapping[str, Any], stage: str,
+                  ref_outputs: Optional[Sequence[Sequence[np.ndarray]]]) -> Fidelity:
+    from edge_shitu.gfl_head import GFLHead
+
+    head = GFLHead.from_dict(gfl)
+    refs = list(ref_outputs) if ref_outputs is not None else run_all(ref, feeds)
+    arts = run_all(art, feeds)
+    fid = compare(ref, art, feeds, stage=stage, ref_outputs=refs)
+    fid.boxes = compare_boxes([gfl_boxes(r, head, GFL_GATE_SCORE) for r in refs],
+                              [gfl_boxes(a, head, GFL_GATE_SCORE - GFL_SCORE_MARGIN) for a in arts])
+    fid.note = (f"raw GFL head: maps vs the reference; boxes scoring >= {GFL_GATE_SCORE} vs the artifact's "
+                f">= {GFL_GATE_SCORE - GFL_SCORE_MARGIN}, decoded as on the device")
+    return fid
 
 
 @dataclass
@@ -482,6 +521,7 @@ def verify_in_process(
     head: Optional[PicoDetHead] = None,
     cut_dir: Optional[Path] = None,
     ref_outputs: Optional[Sequence[Sequence[np.ndarray]]] = None,
+    gfl: Optional[Mapping[str, Any]] = None,
 ) -> Fidelity:
     """Verify an artifact whose engine cannot crash the process (ONNX Runtime, LiteRT) and gate it.
 
@@ -494,7 +534,10 @@ def verify_in_process(
     art = open_backend(path, backend, 1)
     if head is None:
         ref = open_backend(reference, reference_backend(reference), 1)
-        fid = compare(ref, art, feeds, stage=stage, ref_outputs=ref_outputs)
+        if gfl is not None:
+            fid = _gfl_fidelity(ref, art, feeds, gfl, stage, ref_outputs)
+        else:
+            fid = compare(ref, art, feeds, stage=stage, ref_outputs=ref_outputs)
         fid.reference = reference_label(reference)
         check(fid, thresholds)
         return fid

@@ -166,12 +166,14 @@ def test_picodet_box_recall_and_size(onnx_bundle, shelf_photos) -> None:
         be = open_backend(out / e["file"], "tflite", 1)
         figures[kind] = _recall(ref, [_boxes(be, head, pre, im) for im in shelf_photos])[0]
     fp32, int8 = _det_entry(manifest, "tflite:fp32"), _det_entry(manifest, "tflite:int8")
-    print("box recall", figures, "sizes", fp32["bytes"], int8["bytes"])
+    print("box recall", figures, "sizes", fp32["bytes"], int8["bytes"], "mode", int8["details"].get("int8_mode"))
     assert figures["tflite:fp32"] >= 0.99
-    assert fp32["bytes"] / int8["bytes"] >= 2.8  # measured 2.87x (4,040,448 -> 1,408,128 bytes)
-    if figures["tflite:int8"] < 0.95:  # the target, not met yet: see docs/model-inputs.md
-        pytest.xfail(f"int8 TFLite box recall {figures['tflite:int8']:.3f} < 0.95 vs onnxruntime "
-                     "(plain int8 PTQ loses this model; onnxruntime's own PTQ too: open item, docs/model-inputs.md)")
+    assert figures["tflite:int8"] >= 0.95, (figures, int8["details"].get("int8_mode"))
+    # the converter's own gate saw the same thing on its held-out images
+    assert int8["fidelity"]["box_recall_iou50"] >= 0.95
+    # int8 weights either way (int8 activations: 2.87x; the 16x8 rung this model needs: 2.5x). The
+    # issue's 3.5x is out of reach for a 0.98M-parameter model: see docs/model-inputs.md
+    assert fp32["bytes"] / int8["bytes"] >= 2.4
 
 
 def test_nb_twins_verified(onnx_bundle) -> None:
