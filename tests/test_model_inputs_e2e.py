@@ -3,7 +3,7 @@ against their own FP32 reference (onnxruntime), into a bundle the device runtime
 
 Each real model is converted ONCE per session and shared:
 
-- ``onnx_bundle``: PicoDet-S 320 COCO ONNX (raw GFL head, class-agnostic) as the detector +
+- ``onnx_bundle``: PicoDet-S 416 COCO ONNX (raw GFL head, class-agnostic) as the detector +
   OSNet-x0.25 ONNX as the extractor -> an rpi4 bundle (TFLite int8 + fp32, arm .nb int8 + fp32
   with x86 twins), 8 calibration photos, no pruning, a 24-photo gallery;
 - ``pir_model``: PP-LCNet_x0_25_textline_ori (Paddle 3) through `convert-model` (PIR -> ONNX ->
@@ -32,7 +32,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("paddle")
 
-PICODET = ("models", "real_weights", "picodet_s_coco", "picodet_s_320_coco.onnx")
+PICODET = ("models", "real_weights", "picodet_s_coco", "picodet_s_416_coco.onnx")
 OSNET = ("models", "real_weights", "osnet_x0_25_msmt17", "osnet_x0_25_msmt17.onnx")
 PIR = ("models", "real_weights", "PP-LCNet_x0_25_textline_ori_infer")
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +127,7 @@ def test_onnx_bundle_manifest(onnx_bundle) -> None:
     assert {a["kind"] for a in manifest["det"]["artifacts"]} == {"tflite:int8", "tflite:fp32", "nb:arm:int8",
                                                                  "nb:arm:fp32"}
     head = _det_entry(manifest, "tflite:int8")["details"]["head"]
-    assert head["type"] == "gfl" and head["class_agnostic"] and head["input_size"] == [320, 320]
+    assert head["type"] == "gfl" and head["class_agnostic"] and head["input_size"] == [416, 416]
     assert manifest["det"]["postprocess"]["type"] == "gfl"
     for model in ("det", "rec"):
         ref = manifest[model]["reference"]
