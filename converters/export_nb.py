@@ -482,7 +482,8 @@ def export(job: ExportJob) -> list[Artifact]:
         twin = (Path(job.work_dir) / f"{dest.stem}_x86twin.nb"
                 if fmt.cpu == "arm" and job.work_dir is not None else None)
         art = to_nb(job.source_for(kind), dest, target=fmt.cpu or "", int8=fmt.precision == "int8",
-                    verify_feeds=job.verify_feeds, reference=job.reference, thresholds=job.thresholds, twin_out=twin)
+                    verify_feeds=job.verify_feeds, reference=job.reference, thresholds=job.gate_for(fmt.precision),
+                    twin_out=twin)
         art.model = job.model
         out.append(art)
     return out

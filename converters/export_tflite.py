@@ -503,7 +503,8 @@ def export(job: ExportJob) -> list[Artifact]:
             if k in job.options}
     arts = to_tflite(job.source_for(job.kinds[0]), job.out_dir, name=job.model, precisions=precisions,
                      calibration=calib, verify_feeds=job.verify_feeds, reference=job.reference,
-                     thresholds=None if job.thresholds is None else {p: job.thresholds for p in precisions}, **opts)
+                     thresholds={p: job.gate_for(p) for p in precisions if job.gate_for(p) is not None} or None,
+                     **opts)
     for a in arts.values():
         a.model = job.model
     return [arts[p] for p in precisions]

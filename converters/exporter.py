@@ -37,7 +37,9 @@ class ExportJob:
     ``sources`` maps a format row's ``source`` ("paddle", "paddle-int8", "onnx") to the model
     directory or file holding it; ``reference`` is the FP32 Paddle model directory the artifacts
     are verified against (None: the exporter's own default, usually its Paddle source).
-    ``thresholds`` is one gate for every kind (None: the product gate by precision).
+    ``thresholds`` is one gate for every kind (None: the product gate by precision);
+    ``int8_gate`` replaces the product gate for int8 kinds only (an extractor whose int8 files
+    are judged by the user's own recall after export keeps just a sanity floor here).
     ``calibration`` holds per-image feed dicts (what the verifier feeds too); ``work_dir`` keeps
     intermediates worth keeping (an arm ``.nb``'s x86 twin). ``options`` are per-format, named
     in each exporter's ``export`` docstring.
@@ -51,9 +53,16 @@ class ExportJob:
     verify_feeds: Optional[Sequence[Feeds]] = None
     calibration: Optional[Sequence[Feeds]] = None
     thresholds: Optional[Mapping[str, float]] = None
+    int8_gate: Optional[Mapping[str, float]] = None
     work_dir: Optional[Path] = None
     options: dict[str, Any] = field(default_factory=dict)
     progress: Callable[[str], None] = field(default=lambda msg: None, repr=False)
+
+    def gate_for(self, precision: str) -> Optional[Mapping[str, float]]:
+        """The gate a file of ``precision`` is held to (None: the exporter's default for it)."""
+        if self.thresholds is not None:
+            return self.thresholds
+        return self.int8_gate if precision == "int8" else None
 
     def dest(self, kind: str) -> Path:
         return Path(self.out_dir) / artifact_format(kind).filename(self.model)

@@ -20,6 +20,11 @@ def _fidelity_text(f: dict[str, Any]) -> str:
                        ("box_recall_iou50", "box recall@0.5"), ("score_mae", "score MAE")):
         if f.get(key) is not None:
             parts.append(f"{label} {f[key]:.4f}")
+    task = f.get("task")
+    if task:  # the extractor's gate: recall on the user's gallery (converters/task_gate.py)
+        got, ref = 100 * task["recall_at_1"], 100 * task["reference_recall_at_1"]
+        parts.append(f"recall@1 {got:.2f}% vs FP32 float {ref:.2f}% (-{task['drop_points']:.2f} pt, "
+                     f"budget {task['budget_points']}, {task['queries']} queries)")
     if f.get("verified"):
         parts.append(f"({f['verified']})")
     return ", ".join(parts) or "-"

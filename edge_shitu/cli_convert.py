@@ -102,7 +102,15 @@ def register(app: typer.Typer) -> None:
         verify_images: int = typer.Option(16, "--verify-images", min=1, help="How many held-out photos every "
                                           "artifact is compared with the FP32 reference on."),
         agree_images: int = typer.Option(400, "--agree-images", min=2, help="How many gallery photos the top-1 "
-                                         "neighbour agreement of each extractor artifact is measured on."),
+                                         "neighbour agreement of each extractor artifact is measured on (the "
+                                         "gate only when the gallery has too few same-label pairs)."),
+        recall_budget: float = typer.Option(1.0, "--recall-budget", min=0.0, help="How many points of "
+                                            "leave-one-out recall@1 on your gallery an extractor artifact may "
+                                            "lose against FP32 float search, searched as the board searches "
+                                            "(hash index, re-rank). This is the extractor's gate; cosine is only "
+                                            "a sanity floor."),
+        recall_sample: int = typer.Option(2000, "--recall-sample", min=20, help="At most this many gallery photos "
+                                          "(whole labels, seeded) are embedded per artifact for the recall gate."),
         gallery_features: str = typer.Option(
             "reference", "--gallery-features", help="What embeds the gallery index: 'reference' (FP32 Paddle on "
             "this machine: the cleanest gallery, the device's queries carry the only quantization noise) or "
@@ -111,8 +119,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Prune, int8-quantize, export and verify the models; embed the gallery; write one bundle.
 
-        Every artifact is checked against the FP32 Paddle reference on held-out gallery photos;
-        one below its threshold stops the run (nothing is written) unless --allow-degraded.
+        Every artifact is checked against the FP32 reference on held-out gallery photos; an
+        extractor is gated on your gallery's leave-one-out recall@1 (--recall-budget), a detector
+        on its boxes. One that misses its gate stops the run (nothing is written) unless
+        --allow-degraded.
         """
         from edge_shitu.boards import load_board
 
@@ -129,6 +139,7 @@ def register(app: typer.Typer) -> None:
                            prune_ratio=prune_ratio, fidelity_budget=budget, calib_dir=calib,
                            allow_degraded=allow_degraded, bits=bits, n_calib=calib_images, n_verify=verify_images,
                            n_agree=agree_images, gallery_features=gallery_features, det_preprocess=det_preprocess,
+                           recall_budget=recall_budget, recall_sample=recall_sample,
                            rec_preprocess=rec_preprocess, det_classes=det_classes)
         if json_out:
             typer.echo(json.dumps(manifest, ensure_ascii=False, indent=1))

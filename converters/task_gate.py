@@ -1,0 +1,93 @@
+"""The extractor's task gate: the user's own leave-one-out recall@1, searched as the board searches.
+
+Why: cosine and top-1 neighbour identity are proxies. MobileNetV2's int8 TFLite misses both
+(cosine 0.988 < 0.995, neighbour identity 0.74 < 0.97) while costing 0.28 recall@1 points on the
+drink gallery: lossless for the user. Every ``convert`` run has a labelled gallery, so the
+converter measures what the user gets: each extractor artifact's queries searched in the index the
+bundle will hold (same features, bits, method and re-rank as the board), against FP32 float
+brute-force search (PaddleClas's Faiss IndexFlatIP) of the reference features. The artifact passes
+when it loses at most ``budget`` recall points. Cosine stays as a floor for garbage (NaN, a broken
+graph); neighbour identity is reported only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_shitu.evaluate import float_loo_recall, index_loo_recall, loo_queries
+from edge_shitu.gallery_index import GalleryIndex
+
+DEFAULT_BUDGET_POINTS = 1.0
+DEFAULT_MAX_PHOTOS = 2000  # gallery photos the gate embeds per artifact (whole classes, seeded)
+MIN_QUERIES = 20  # fewer leave-one-out queries say nothing: the proxies gate instead
+
+
+def sample_rows(labels: Sequence[str], max_photos: int = DEFAULT_MAX_PHOTOS, seed: int = 0) -> np.ndarray:
+    """Gallery rows the gate uses: every row when the gallery is small enough, else whole classes
+    with >= 2 photos in a seeded random order until ``max_photos`` (a class split in two would
+    lose the leave-one-out partner its queries need)."""
+    labs = np.asarray(labels)
+    if len(labs) <= max_photos:
+        return np.arange(len(labs))
+    classes, inv, counts = np.unique(labs, return_inverse=True, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(classes))
+    keep: list[int] = []
+    total = 0
+    for c in order:
+        if counts[c] < 2 or total + counts[c] > max_photos:
+            continue
+        keep.append(int(c))
+        total += int(counts[c])
+    return np.flatnonzero(np.isin(inv, keep))
+
+
+def usable(labels: Sequence[str]) -> bool:
+    """Whether the gallery can gate at all (enough photos whose class has another photo)."""
+    return len(loo_queries(labels)) >= MIN_QUERIES
+
+
+@dataclass
+class TaskFigures:
+    """What one artifact's queries achieve on the user's gallery (recall in [0, 1])."""
+
+    recall_at_1: float
+    reference_recall_at_1: float
+    drop_points: float
+    budget_points: float
+    queries: int
+    photos: int
+    search: str
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.drop_points <= self.budget_points + 1e-9)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+class TaskGate:
+    """The board's index over the gallery sample, built once, queried by each artifact."""
+
+    def __init__(self, ref_feats: np.ndarray, gallery_feats: np.ndarray, labels: Sequence[str],
+                 index_settings: Mapping[str, Any], budget_points: float = DEFAULT_BUDGET_POINTS) -> None:
+        self.labels = list(labels)
+        self.budget = float(budget_points)
+        self.reference = float_loo_recall(ref_feats, self.labels)
+        bits = int(index_settings.get("bits", 256))
+        method = str(index_settings.get("method", "itq"))
+        self.rerank = int(index_settings.get("rerank", 0))
+        vectors = bool(index_settings.get("rerank_vectors", self.rerank > 0))
+        self.index = GalleryIndex.build(gallery_feats, self.labels, bits=bits, method=method, rerank_vectors=vectors)
+        self.search = (f"{method} {bits}-bit Hamming index" + (f", re-rank {self.rerank} by "
+                       f"{'int8 vectors' if vectors else 'codes'}" if self.rerank else ", no re-rank"))
+
+    def measure(self, query_feats: np.ndarray) -> TaskFigures:
+        got = index_loo_recall(self.index, query_feats, self.labels, rerank=self.rerank)
+        return TaskFigures(recall_at_1=round(got, 6), reference_recall_at_1=round(self.reference, 6),
+                           drop_points=round(100.0 * (self.reference - got), 4), budget_points=self.budget,
+                           queries=len(loo_queries(self.labels)), photos=len(self.labels), search=self.search)

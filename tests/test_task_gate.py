@@ -1,0 +1,53 @@
+"""The extractor's recall gate (converters/task_gate.py) on clustered features: it passes a model
+that keeps the neighbours, fails one that loses them, and samples whole labels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge_shitu.converters.task_gate import MIN_QUERIES, TaskGate, sample_rows, usable
+
+SETTINGS = {"bits": 256, "method": "itq", "rerank": 10}
+
+
+def _clusters(n_labels: int = 40, per: int = 4, dim: int = 512, spread: float = 0.35, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_labels, dim))
+    feats = np.repeat(centres, per, axis=0) + spread * rng.normal(size=(n_labels * per, dim))
+    labels = [f"c{i}" for i in range(n_labels) for _ in range(per)]
+    return feats.astype(np.float32), labels
+
+
+def test_same_features_pass_with_no_drop() -> None:
+    feats, labels = _clusters()
+    gate = TaskGate(feats, feats, labels, SETTINGS, budget_points=1.0)
+    fig = gate.measure(feats)
+    assert fig.queries == len(labels) and fig.photos == len(labels)
+    assert fig.reference_recall_at_1 > 0.95  # the clusters are separable: the gate has something to lose
+    assert abs(fig.drop_points) <= 1.0 and fig.passed
+    assert fig.to_dict()["passed"] is True and "re-rank 10" in fig.search
+
+
+def test_noisy_queries_fail_the_budget() -> None:
+    feats, labels = _clusters()
+    noisy = feats + 6.0 * np.random.default_rng(1).normal(size=feats.shape).astype(np.float32)
+    fig = TaskGate(feats, feats, labels, SETTINGS, budget_points=1.0).measure(noisy)
+    assert fig.drop_points > 5 and not fig.passed
+    assert fig.recall_at_1 < fig.reference_recall_at_1
+
+
+def test_sample_keeps_whole_labels_and_small_galleries_whole() -> None:
+    _, labels = _clusters(n_labels=300, per=5)
+    assert len(sample_rows(labels, 2000)) == 1500  # small enough: every photo
+    rows = sample_rows(labels, 400, seed=3)
+    assert len(rows) == 400
+    picked = np.asarray(labels)[rows]
+    for lab in set(picked):  # every sampled label keeps all of its photos
+        assert (picked == lab).sum() == 5
+    assert np.array_equal(rows, sample_rows(labels, 400, seed=3))  # seeded
+
+
+def test_too_few_pairs_is_not_usable() -> None:
+    labels = [f"c{i}" for i in range(100)] + ["a", "a"]
+    assert not usable(labels)
+    assert usable([f"c{i // 2}" for i in range(2 * MIN_QUERIES)])
