@@ -527,7 +527,7 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
         if opts.gallery_features == "artifact" and primary_art is not None:
             say(f"gallery: embedding {len(images)} photos with {primary_art.name}")
             feats, embedded_by = embed(primary_art, None, ref_model, pre, images), primary_art.name
-        gate = None
+        gate, primary_feats = None, None
         if opts.task_gate:
             from edge_shitu.converters.task_gate import TaskGate
 
@@ -545,6 +545,18 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
             _gate_agreement(entry, ref_feats[rows], art, opts, gated=gate is None)
             if gate is not None:
                 _gate_task(entry, gate.measure(art), opts)
+                if entry["kind"] == primary or primary_feats is None:
+                    primary_feats = art
+        threshold: dict[str, Any] = {}
+        if gate is not None and primary_feats is not None:  # the recognition threshold, from the gallery
+            from edge_shitu.converters.task_gate import choose_threshold
+
+            threshold = choose_threshold(gate.index, primary_feats, gate.labels, k=int(board.rec.get("top_k", 5)),
+                                         rerank=gate.rerank)
+            if threshold:
+                say(f"rec: recognition threshold {threshold['threshold']:.4f} (accepts "
+                    f"{threshold['right_accepted']:.0%} of right, {threshold['wrong_accepted']:.0%} of wrong "
+                    "held-out gallery matches)")
         bits = opts.bits or int(board.index.get("bits", 256))
         method = board.index.get("method", "itq")
         sources = [str(it.path.relative_to(gallery.root)) for it, _ in decoded]
@@ -565,7 +577,7 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
                       "target": board.native}
         else:
             opts.warnings.append(f"native kernel for {board.native} not built (make cross): the device uses numpy")
-        manifest = _manifest(board, models, index, gallery, det_dir, Path(rec_dir), native, opts)
+        manifest = _manifest(board, models, index, gallery, det_dir, Path(rec_dir), native, opts, threshold)
         write_manifest(root, manifest)
         from edge_shitu.converters.report import write_report
 
@@ -576,7 +588,8 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
 
 def _manifest(board: Board, models: dict[str, ModelResult], index: GalleryIndex, gallery: Gallery,
               det_dir: Path | None, rec_dir: Path, native: dict[str, Any] | None,
-              opts: ConvertOptions) -> dict[str, Any]:
+              opts: ConvertOptions, threshold: dict[str, Any] | None = None) -> dict[str, Any]:
+    threshold = threshold or {}
     def model_block(m: ModelResult) -> dict[str, Any]:
         block = {"preprocess": m.preprocess, "artifacts": m.entries, "reference": m.reference}
         if m.pruning:
@@ -609,11 +622,14 @@ def _manifest(board: Board, models: dict[str, ModelResult], index: GalleryIndex,
                   "rerank_vectors": info["rerank_vectors"]},
         "runtime": {"backend": board.backend, "precision": board.precision, "threads": board.threads,
                     "det_threshold": board.det.get("threshold", 0.2), "max_det": board.det.get("max_det", 5),
-                    "rec_score_threshold": board.rec.get("score_threshold", 0.5),
+                    "rec_score_threshold": threshold.get("threshold", board.rec.get("score_threshold", 0.5)),
                     "rec_nms_iou": board.rec.get("nms_iou", 0.05), "top_k": board.rec.get("top_k", 5)},
         "skipped_images": len(gallery.skipped),
         "warnings": opts.warnings,
     }
     if native:
         m["native_lib"] = native
+    m["threshold_calibration"] = ({**threshold, "board_default": board.rec.get("score_threshold", 0.5)} if threshold
+                                  else {"chosen_by": "the board's default (too few same-label gallery pairs to "
+                                        "calibrate)", "threshold": board.rec.get("score_threshold", 0.5)})
     return m

@@ -91,3 +91,62 @@ class TaskGate:
         return TaskFigures(recall_at_1=round(got, 6), reference_recall_at_1=round(self.reference, 6),
                            drop_points=round(100.0 * (self.reference - got), 4), budget_points=self.budget,
                            queries=len(loo_queries(self.labels)), photos=len(self.labels), search=self.search)
+
+
+# ----------------------------------------------------------------------------- threshold
+ACCEPT_RIGHT = 0.95  # the share of right gallery matches the recognition threshold must accept
+
+
+def choose_threshold(index: GalleryIndex, query_feats: np.ndarray, labels: Sequence[str], *, k: int = 5,
+                     rerank: int = 0, accept_right: float = ACCEPT_RIGHT) -> dict[str, Any]:
+    """The recognition threshold from held-out GALLERY photos, scored exactly as the device scores
+    a match (``pipeline.HammingSearcher``: the index's distance -> cosine table).
+
+    Each photo queries the index twice: without itself (leave-one-out: its top-1 is a RIGHT match
+    when the label agrees, a WRONG one otherwise) and without its whole label (leave-label-out: a
+    product the gallery does not hold, always WRONG). The threshold is the highest one that still
+    accepts ``accept_right`` of the right matches: photos on a shelf match their gallery product
+    less well than gallery photos match each other (MobileNetV2 on the drink shelf photos: right
+    crops score 0.86-0.89 where Youden's J over gallery photos puts the cut at 0.885 and keeps one
+    bottle of three), so the cut leans to recall; how many wrong matches it lets through is
+    recorded with it, and Youden's J (the balanced cut) is reported beside it.
+    """
+    from edge_shitu.scores import score_of_distance
+
+    labs = np.asarray(labels)
+    ids = np.asarray(index.ids(live_only=False))
+    row_of = {int(i): r for r, i in enumerate(ids)}
+    _, _, counts = np.unique(labs, return_inverse=True, return_counts=True)
+    depth = min(len(labs), int(counts.max()) + k + 1)
+    dist, rows, _ = index.search_rows(query_feats, k=depth, rerank=max(rerank, depth) if rerank else 0)
+    meta = index.data.meta
+    right: list[float] = []
+    wrong: list[float] = []
+    for i in range(len(labs)):
+        own = row_of.get(int(ids[i]), -1)
+        cand = [(int(r), int(d)) for r, d in zip(rows[i], dist[i]) if r >= 0 and r != own]
+        if not cand:
+            continue
+        r, d = cand[0]  # leave-one-out top-1
+        (right if labs[r] == labs[i] else wrong).append(score_of_distance(d, index.bits, meta))
+        other = next(((r, d) for r, d in cand if labs[r] != labs[i]), None)  # leave-label-out top-1
+        if other is not None:
+            wrong.append(score_of_distance(other[1], index.bits, meta))
+    pos, neg = np.asarray(right), np.asarray(wrong)
+    if not len(pos) or not len(neg):
+        return {}
+    cands = np.unique(np.concatenate([pos, neg]))
+    tpr = (pos[None, :] >= cands[:, None]).mean(1)
+    fpr = (neg[None, :] >= cands[:, None]).mean(1)
+    j = tpr - fpr
+    youden = int(np.flatnonzero(j == j.max())[-1])
+    best = int(np.flatnonzero(tpr >= accept_right)[-1])  # tpr falls as the threshold rises; cands[0] accepts all
+    t = float(cands[best])
+    return {"threshold": round(t, 6), "right_matches": len(pos), "wrong_matches": len(neg),
+            "right_accepted": round(float(tpr[best]), 4), "wrong_accepted": round(float(fpr[best]), 4),
+            "youden_threshold": round(float(cands[youden]), 6),
+            "youden_right_wrong_accepted": [round(float(tpr[youden]), 4), round(float(fpr[youden]), 4)],
+            "chosen_by": (f"the highest score accepting >= {accept_right:.0%} of the right top-1 matches of "
+                          f"{len(labs)} gallery photos, each held out of the index ({len(pos)} right, "
+                          f"{len(neg)} wrong: leave-one-out, and leave-label-out as products the gallery "
+                          "lacks), scored as the device scores")}

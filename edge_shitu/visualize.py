@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Sequence
-from functools import cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
@@ -49,7 +49,7 @@ def _fc_match() -> list[str]:
     return [r.stdout.strip()] if r.returncode == 0 and r.stdout.strip() else []
 
 
-@cache
+@lru_cache(maxsize=None)  # not functools.cache (3.9+): the device runtime supports 3.8
 def _font(path: str, size: int) -> Optional[Any]:
     try:
         return ImageFont.truetype(path, size)
@@ -75,6 +75,16 @@ def font_candidates(explicit: Optional[str] = None) -> list[str]:
     chosen = explicit or os.environ.get("EDGE_SHITU_FONT")
     paths = ([chosen] if chosen else []) + list(CJK_FONT_CANDIDATES) + _fc_match()
     return [p for p in dict.fromkeys(paths) if p and Path(p).is_file()]
+
+
+def find_font(texts: Sequence[str], explicit: Optional[str] = None, size: int = 20) -> Optional[str]:
+    """The path of the first candidate font that draws every one of ``texts``, or None."""
+    joined = "".join(sorted(set("".join(texts))))
+    for p in font_candidates(explicit):
+        f = _font(p, size)
+        if f is not None and covers(f, joined):
+            return p
+    return None
 
 
 def font_for(text: str, size: int, explicit: Optional[str] = None) -> Optional[Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_shitu.converters.task_gate import MIN_QUERIES, TaskGate, sample_rows, usable
+from edge_shitu.converters.task_gate import MIN_QUERIES, TaskGate, choose_threshold, sample_rows, usable
 
 SETTINGS = {"bits": 256, "method": "itq", "rerank": 10}
 
@@ -51,3 +51,17 @@ def test_too_few_pairs_is_not_usable() -> None:
     labels = [f"c{i}" for i in range(100)] + ["a", "a"]
     assert not usable(labels)
     assert usable([f"c{i // 2}" for i in range(2 * MIN_QUERIES)])
+
+
+def test_threshold_separates_right_from_wrong_matches() -> None:
+    """Clustered gallery + labels with one photo only (products the gallery cannot match): the
+    chosen threshold accepts most right matches and few wrong ones, with the device's scores."""
+    feats, labels = _clusters(n_labels=40, per=4, spread=0.9)
+    lone, _ = _clusters(n_labels=20, per=1, seed=7)
+    feats = np.concatenate([feats, lone])
+    labels = labels + [f"lone{i}" for i in range(20)]
+    gate = TaskGate(feats, feats, labels, SETTINGS)
+    t = choose_threshold(gate.index, feats, labels, rerank=gate.rerank)
+    assert t["right_matches"] > 100 and t["wrong_matches"] >= 160 + 20  # every photo's leave-label-out is wrong
+    assert t["right_accepted"] >= 0.95 and t["wrong_accepted"] <= 0.2, t
+    assert -1 <= t["threshold"] <= 1 and "held out" in t["chosen_by"] and -1 <= t["youden_threshold"] <= 1
