@@ -10,12 +10,13 @@ HOST_PY     ?= python3
 ASSETS      ?= $(abspath ../shared/assets)
 export EDGE_SHITU_ASSETS ?= $(ASSETS)
 
-NATIVE_SRC  := runtimes/native/eshamming.c runtimes/native/esindex.c
-NATIVE_HDR  := runtimes/native/eshamming.h runtimes/native/esindex.h
+NATIVE_SRC  := runtimes/native/eshamming.c runtimes/native/esindex.c runtimes/native/espreprocess.c
+NATIVE_HDR  := runtimes/native/eshamming.h runtimes/native/esindex.h runtimes/native/espreprocess.h
 # Freestanding: the kernel calls no libc (and gcc must not invent memset/memcpy calls), so the
-# same source links for Android without the NDK.
+# same source links for Android without the NDK. -ffp-contract=off: no fused multiply-add, so the
+# preprocessing (espreprocess.c) rounds every product as the numpy path does (same bytes).
 CFLAGS_NATIVE ?= -O3 -std=c11 -Wall -Wextra -Werror -fPIC -fvisibility=hidden -ffreestanding \
-                 -fno-tree-loop-distribute-patterns
+                 -fno-tree-loop-distribute-patterns -ffp-contract=off
 BUILD       := build
 
 .PHONY: help
@@ -60,7 +61,7 @@ setup-device: $(VENV_DEVICE)/.done ## only the light device-runtime environment
 
 # ---------------------------------------------------------------- native kernel
 .PHONY: native cross-aarch64 cross-armhf android-libs cross native-deps
-native: runtimes/lib/libeshamming.so ## build the C Hamming kernel + index reader for this machine
+native: runtimes/lib/libeshamming.so ## build the C Hamming kernel + index reader + preprocessing for this machine
 
 runtimes/lib/libeshamming.so: $(NATIVE_SRC) $(NATIVE_HDR)
 	@mkdir -p $(@D)
@@ -80,15 +81,20 @@ $(BUILD)/$(1)/eshamming_driver: $(NATIVE_SRC) $(NATIVE_HDR) runtimes/native/esha
 	@mkdir -p $$(@D)
 	$(1)-gcc -O3 -std=c11 -Wall -Wextra -Werror $(2) -static -o $$@.tmp runtimes/native/eshamming_driver.c \
 	  runtimes/native/eshamming.c && mv $$@.tmp $$@
+
+$(BUILD)/$(1)/espreprocess_driver: $(NATIVE_HDR) runtimes/native/espreprocess.c runtimes/native/espreprocess_driver.c
+	@mkdir -p $$(@D)
+	$(1)-gcc -O3 -std=c11 -Wall -Wextra -Werror -ffp-contract=off $(2) -static -o $$@.tmp \
+	  runtimes/native/espreprocess_driver.c runtimes/native/espreprocess.c && mv $$@.tmp $$@
 endef
 $(eval $(call cross_linux,aarch64-linux-gnu,-march=armv8-a))
 $(eval $(call cross_linux,arm-linux-gnueabihf,-march=armv7-a -mfpu=neon -mfloat-abi=hard))
 
-cross-aarch64: $(BUILD)/aarch64-linux-gnu/libeshamming.so $(BUILD)/aarch64-linux-gnu/eshamming_driver ## Raspberry Pi 4/5, Jetson (64-bit)
-cross-armhf: $(BUILD)/arm-linux-gnueabihf/libeshamming.so $(BUILD)/arm-linux-gnueabihf/eshamming_driver ## 32-bit Raspberry Pi OS (NEON)
+cross-aarch64: $(BUILD)/aarch64-linux-gnu/libeshamming.so $(BUILD)/aarch64-linux-gnu/eshamming_driver $(BUILD)/aarch64-linux-gnu/espreprocess_driver ## Raspberry Pi 4/5, Jetson (64-bit)
+cross-armhf: $(BUILD)/arm-linux-gnueabihf/libeshamming.so $(BUILD)/arm-linux-gnueabihf/eshamming_driver $(BUILD)/arm-linux-gnueabihf/espreprocess_driver ## 32-bit Raspberry Pi OS (NEON)
 
 # Android without the NDK: Debian clang/lld, freestanding (the kernel needs no libc).
-ANDROID_CFLAGS := -O3 -std=c11 -Wall -Wextra -Werror -fPIC -fvisibility=hidden -ffreestanding -nostdinc \
+ANDROID_CFLAGS := -O3 -std=c11 -Wall -Wextra -Werror -fPIC -fvisibility=hidden -ffreestanding -nostdinc -ffp-contract=off \
   -isystem $(shell clang -print-resource-dir 2>/dev/null)/include -fno-stack-protector
 ANDROID_LDFLAGS := -nostdlib -fuse-ld=lld -shared -Wl,--hash-style=both -Wl,--no-undefined -Wl,-z,noexecstack
 define android_lib
@@ -105,24 +111,29 @@ android-libs: $(BUILD)/android/arm64-v8a/libeshamming.so $(BUILD)/android/armeab
 cross: cross-aarch64 cross-armhf android-libs ## every cross target
 
 # ---------------------------------------------------------------- checks
-.PHONY: test test-fast lint demo demo-index bench bench-convert bench-pipeline bench-accuracy clean
+.PHONY: test test-fast lint demo demo-font demo-index bench bench-convert bench-pipeline bench-accuracy clean
 lint: ## ruff
 	$(PY) -m ruff check .
 
 DEVICE_TESTS := tests/test_index_format.py tests/test_search.py tests/test_hashing.py tests/test_updates.py \
   tests/test_native.py tests/test_cli_index.py tests/test_boards.py tests/test_bundle.py tests/test_c_reader.py \
   tests/test_pipeline.py tests/test_formats.py tests/test_fuzz_index.py tests/test_fuzz_regressions.py \
-  tests/test_hardening_bundle.py tests/test_hardening_atomic.py tests/test_hardening_images.py tests/test_gfl_head.py
+  tests/test_hardening_bundle.py tests/test_hardening_atomic.py tests/test_hardening_images.py tests/test_gfl_head.py \
+  tests/test_native_preprocess.py
 
 test: setup native-deps android-deps ## the whole test suite (numpy 1.26 venv, the numpy 2 device venv, bounded fuzzing)
 	-$(MAKE) --no-print-directory cross  # cross tests skip, saying why, where this cannot build
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -rs --durations=15
 	$(PY_DEVICE) -m pytest -q -rs $(DEVICE_TESTS)
+	$(MAKE) --no-print-directory test-py38
 	$(MAKE) --no-print-directory fuzz
 
-demo: setup ## the main job on its built-in default: convert a real extractor, index the gallery, recognize photos
+demo: setup demo-font ## the main job on its built-in default: real detector + extractor, whole gallery, 13 shelf photos annotated
 	$(PY) -m edge_shitu.cli demo-bundle $(if $(GALLERY),--gallery $(GALLERY))
+
+demo-font: ## a CJK font for the demo's Chinese labels (Debian: fonts-wqy-microhei; root)
+	bash scripts/install_demo_font.sh
 
 demo-index: setup ## the gallery-index demo alone (real PP-ShiTu embeddings, seconds)
 	$(PY) -m edge_shitu.cli demo
@@ -146,9 +157,12 @@ clean:
 # ---------------------------------------------------------------- emulated Raspberry Pi (aarch64 under qemu)
 # An aarch64 Debian bookworm userland (Raspberry Pi OS 64-bit's base) built without emulation,
 # device tests run in it with qemu-user -cpu cortex-a72 (a Pi 4). Root only (mmdebstrap, chroot).
-EMU_ROOT  ?= $(BUILD)/emu/aarch64-bookworm
+# EMU_SUITE=bullseye: the glibc 2.31 / Python 3.9 / tflite-runtime 2.13 board (Raspberry Pi OS bullseye,
+# JetPack 5 stand-in; docs/support-matrix.md). Each suite has its own cached rootfs.
+EMU_SUITE ?= bookworm
+EMU_ROOT  ?= $(BUILD)/emu/aarch64-$(EMU_SUITE)
 EMU_TESTS ?= tests/test_index_format.py tests/test_search.py tests/test_hashing.py tests/test_updates.py \
-  tests/test_cli_index.py tests/test_boards.py tests/test_emu_board.py tests/test_pipeline.py
+  tests/test_cli_index.py tests/test_boards.py tests/test_emu_board.py tests/test_pipeline.py tests/test_board_runtime.py
 # Too slow under qemu (ITQ fits: BLAS/LAPACK is ~70x slower emulated) or timing-dependent (the
 # SIGKILL test kills writers before an emulated Python has started); seconds and reasons in
 # tests/test_emu_host.py. EMU_DESELECT= runs them all (about 8 min more on an idle 2-core host).
@@ -162,15 +176,31 @@ EMU_DESELECT ?= tests/test_cli_index.py::test_paddleclas_label_file_on_real_embe
 
 .PHONY: emu-rootfs test-emu
 emu-rootfs: ## the emulated Raspberry Pi: aarch64 rootfs + wheels (only what changed is rebuilt)
-	HOST_PY=$(HOST_PY) EMU_ROOT=$(abspath $(EMU_ROOT)) bash scripts/emu_rootfs.sh
+	HOST_PY=$(HOST_PY) EMU_SUITE=$(EMU_SUITE) EMU_ROOT=$(abspath $(EMU_ROOT)) bash scripts/emu_rootfs.sh
 
 # The aarch64 Hamming kernel (make cross-aarch64) is used when it has been built.
 test-emu: emu-rootfs ## the device tests inside the emulated Raspberry Pi
 	@lib=$(abspath $(BUILD))/aarch64-linux-gnu/libeshamming.so; [ -f "$$lib" ] || lib=; \
 	  echo "test-emu: native kernel: $${lib:-none (numpy path)}"; \
-	  EMU_ROOT=$(abspath $(EMU_ROOT)) EMU_HAMMING_LIB="$$lib" \
+	  EMU_SUITE=$(EMU_SUITE) EMU_ROOT=$(abspath $(EMU_ROOT)) EMU_HAMMING_LIB="$$lib" \
 	  bash scripts/emu_run.sh python3 -m pytest -q -rs -p no:cacheprovider --durations=10 \
 	  $(addprefix --deselect ,$(EMU_DESELECT)) $(EMU_TESTS)
+
+# ---------------------------------------------------------------- Python 3.8 device runtime (issue 19)
+# The device runtime on the oldest Python it supports (JetPack 5 = Ubuntu 20.04: Python 3.8): a venv of
+# the pyenv/system 3.8 with the device extras only (numpy 1.24, tflite-runtime), the device tests in it.
+# PYTHON38=/path/to/python3.8 to choose the interpreter. ~20 s to set up once, ~60 s of tests.
+VENV_PY38 ?= .venv-py38
+.PHONY: test-py38
+$(VENV_PY38)/.done: pyproject.toml scripts/find_python38.sh
+	@py38=$$(scripts/find_python38.sh) || exit 1; rm -rf $(VENV_PY38); "$$py38" -m venv $(VENV_PY38)
+	$(VENV_PY38)/bin/python -m pip install -q --disable-pip-version-check -e ".[tflite,dev]"
+	@touch $@
+
+test-py38: $(VENV_PY38)/.done ## the device tests under Python 3.8 (JetPack 5's Python)
+	$(VENV_PY38)/bin/python -c 'import sys; assert sys.version_info[:2] == (3, 8), sys.version'
+	$(VENV_PY38)/bin/python -m pytest -q -rs -p no:cacheprovider $(DEVICE_TESTS) tests/test_board_runtime.py
+# ---------------------------------------------------------------- end of Python 3.8 block
 
 # ---------------------------------------------------------------- fuzzing (issue 13: index readers)
 # libFuzzer + ASan/UBSan on the C index reader and kernel, then atheris on the Python reader;

@@ -38,6 +38,9 @@ class Board:
     det: dict[str, Any] = field(default_factory=dict)
     rec: dict[str, Any] = field(default_factory=dict)
     index: dict[str, Any] = field(default_factory=dict)
+    # the device runtime and the oldest version of it the board must support ("name", "min_version");
+    # `convert` refuses a TFLite artifact that runtime cannot load (converters/board_runtime.py)
+    runtime: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,6 +88,29 @@ def load_board(name_or_path: str | Path) -> Board:
     _check(isinstance(mp, int) and not isinstance(mp, bool) and mp >= 1, p,
            "max_image_pixels must be an integer >= 1")
     _check(raw["index"].get("bits", 256) % 64 == 0, p, "index.bits must be a multiple of 64")
+    _check_runtime(raw.get("runtime"), backend, p)
     return Board(name=raw["name"], description=raw["description"], arch=raw["arch"], backend=backend,
                  precision=raw["precision"], threads=raw["threads"], artifacts=tuple(raw["artifacts"]),
-                 native=raw["native"], det=raw["det"], rec=raw["rec"], index=raw["index"], raw=raw)
+                 native=raw["native"], det=raw["det"], rec=raw["rec"], index=raw["index"],
+                 runtime=dict(raw["runtime"]), raw=raw)
+
+
+def _check_runtime(rt: Any, backend: str, p: Path) -> None:
+    """'runtime': {"name": a runtime of the board's backend, "min_version": "X.Y[.Z]"} (+ optional
+    claims shown in docs/support-matrix.md: "python", "glibc", "os", "tested")."""
+    from edge_shitu import tflite_ops
+
+    _check(isinstance(rt, dict), p, 'needs "runtime": {"name": ..., "min_version": ...} (the device runtime '
+           f"and the oldest version the board must support; names: {', '.join(tflite_ops.RUNTIME_NAMES)})")
+    name = rt.get("name")
+    for_backend = tflite_ops.TFLITE_RUNTIMES if backend == "tflite" else (tflite_ops.PADDLELITE,)
+    _check(name in for_backend, p, f"runtime.name must be one of {', '.join(for_backend)} for backend "
+           f"'{backend}', got {name!r}")
+    mv = rt.get("min_version")
+    try:
+        ok = isinstance(mv, str) and len(tflite_ops.parse_version(mv)) >= 2
+    except ValueError:
+        ok = False
+    _check(ok, p, f"runtime.min_version must be a version string like \"2.13.0\", got {mv!r}")
+    for key in ("python", "glibc", "os", "tested"):
+        _check(key not in rt or isinstance(rt[key], str), p, f"runtime.{key} must be a string")

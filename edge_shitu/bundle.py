@@ -67,7 +67,7 @@ def resolve_in_bundle(root: str | Path, rel: Any, key: str, *, under: str = "",
     except (OSError, RuntimeError) as e:  # RuntimeError: symlink loop (Python < 3.13)
         raise EdgeShituError(f"{where}: {key} {_show(rel)} cannot be resolved ({e}); re-copy the bundle") from None
     limit = base / under if under else base
-    if p == limit or not p.is_relative_to(limit):
+    if p == limit or limit not in p.parents:  # not Path.is_relative_to: 3.9+, the runtime supports 3.8
         raise EdgeShituError(f"{where}: {key} {_show(rel)} leads out of {inside} through a symlink (to {p}); "
                              "refused: re-copy the bundle without links that point outside it")
     try:

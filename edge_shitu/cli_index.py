@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional  # List: typer evaluates command annotations (Python 3.8)
 
 import typer
 
@@ -128,7 +128,7 @@ def _edit_and_report(gallery: Path, edit: Any, json_out: bool, key: str, message
 @index_app.command("remove")
 def remove(
     gallery: Path = typer.Argument(..., help="The index file (rewritten atomically)."),
-    ids: list[int] = typer.Argument(..., help="Ids to remove."),
+    ids: List[int] = typer.Argument(..., help="Ids to remove."),  # noqa: UP006
     compact: bool = typer.Option(False, help="Also drop the removed rows from the file now."),
     json_out: bool = typer.Option(False, "--json", help='Print {"removed": n, "info": {...}}.'),
 ) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional  # List: typer evaluates command annotations (Python 3.8)
 
 import typer
 
@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
 # ----------------------------------------------------------------------------- recognize
 def recognize(
     bundle: Path = typer.Argument(..., help="The bundle folder written by 'edge-shitu convert'."),
-    images: list[Path] = typer.Argument(..., help="Photos (JPEG/PNG/...) or folders of photos."),
+    images: List[Path] = typer.Argument(..., help="Photos (JPEG/PNG/...) or folders of photos."),  # noqa: UP006
     json_out: bool = typer.Option(False, "--json", help="Print one JSON document (per image: boxes, labels, "
                                   "scores, gallery ids, stage timings in ms)."),
     save_vis: Optional[Path] = typer.Option(None, "--save-vis", help="Folder for annotated copies of the "
@@ -208,7 +208,7 @@ def _camera_report(n: int, seconds: float, last: Any, json_out: bool) -> None:
 @gallery_app.command("add")
 def gallery_add(
     bundle: Path = typer.Argument(..., help="The bundle folder."),
-    images: list[Path] = typer.Argument(..., help="Photos of the product (or folders of photos)."),
+    images: List[Path] = typer.Argument(..., help="Photos of the product (or folders of photos)."),  # noqa: UP006
     label: str = typer.Option(..., "--label", "-l", help="The product's label (any UTF-8 text)."),
     whole_image: bool = typer.Option(False, "--whole-image", help="Embed the whole photo instead of the "
                                      "detector's main object (the convert gallery is embedded whole)."),
@@ -241,7 +241,7 @@ def gallery_add(
 @gallery_app.command("remove")
 def gallery_remove(
     bundle: Path = typer.Argument(..., help="The bundle folder."),
-    ids: Optional[list[int]] = typer.Argument(None, help="Gallery ids to remove (see 'gallery list')."),
+    ids: Optional[List[int]] = typer.Argument(None, help="Gallery ids to remove (see 'gallery list')."),  # noqa: UP006
     label: Optional[str] = typer.Option(None, "--label", "-l", help="Remove every item with this label."),
     json_out: bool = typer.Option(False, "--json", help="Print what was removed as JSON."),
 ) -> None:

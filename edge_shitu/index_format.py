@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Union
 
 import numpy as np
 
@@ -166,7 +166,7 @@ def decode_labels(buf: memoryview, where: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- writing
-Payload = bytes | memoryview
+Payload = Union[bytes, memoryview]  # not `bytes | memoryview`: evaluated at import, 3.10+ only
 
 
 def _sections(data: IndexData) -> list[tuple[int, Payload]]:

@@ -285,26 +285,9 @@ def cv2_resize(img: np.ndarray, size: tuple[int, int] | None = None, fx: float |
     if cv2 is not None:
         return cv2.resize(img, size, fx=fx or 0, fy=fy or 0, interpolation=interp)
     h, w = img.shape[:2]
-    if size is None:
-        if not fx or not fy:
-            raise ValueError("give size or fx and fy")
-        size = (int(np.rint(w * fx)), int(np.rint(h * fy)))
-        ix_scale, iy_scale = float(fx), float(fy)
-    else:
-        ix_scale, iy_scale = size[0] / w, size[1] / h
-    ow, oh = int(size[0]), int(size[1])
-    if ow <= 0 or oh <= 0:
-        raise ValueError(f"resize of a {w}x{h} image gives an empty {ow}x{oh} image")
+    ow, oh, iy, wy, ix, wx = resize_taps(h, w, size, fx, fy, interp)
     squeeze = img.ndim == 2
     a = img[:, :, None] if squeeze else img
-    if interp == INTER_AREA and not (ix_scale <= 1.0 and iy_scale <= 1.0):
-        # OpenCV only area-averages when BOTH axes shrink; otherwise it uses its "area-mode"
-        # bilinear variant on both axes.
-        iy, wy = _area_as_linear(oh, h, iy_scale)
-        ix, wx = _area_as_linear(ow, w, ix_scale)
-    else:
-        iy, wy = _taps(oh, h, iy_scale, interp)
-        ix, wx = _taps(ow, w, ix_scale, interp)
     # A big downscale reads only a few source columns per output pixel (1200 -> 224 bilinear:
     # 448 of 1200): gather just those first, then remap the taps. The values summed and their
     # order are unchanged, so the bytes are too.
@@ -335,6 +318,32 @@ def cv2_resize(img: np.ndarray, size: tuple[int, int] | None = None, fx: float |
     return res[:, :, 0] if squeeze else res
 
 
+def resize_taps(h: int, w: int, size: tuple[int, int] | None, fx: float | None, fy: float | None,
+                interp: int) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ow, oh, iy, wy, ix, wx): :func:`cv2_resize`'s output size and separable taps (indices and
+    float32 weights, shape (taps, out)). One function for both the numpy path and the native one
+    (runtimes/native_preprocess.py), which must sum the very same weights to give the same bytes."""
+    if size is None:
+        if not fx or not fy:
+            raise ValueError("give size or fx and fy")
+        size = (int(np.rint(w * fx)), int(np.rint(h * fy)))
+        ix_scale, iy_scale = float(fx), float(fy)
+    else:
+        ix_scale, iy_scale = size[0] / w, size[1] / h
+    ow, oh = int(size[0]), int(size[1])
+    if ow <= 0 or oh <= 0:
+        raise ValueError(f"resize of a {w}x{h} image gives an empty {ow}x{oh} image")
+    if interp == INTER_AREA and not (ix_scale <= 1.0 and iy_scale <= 1.0):
+        # OpenCV only area-averages when BOTH axes shrink; otherwise it uses its "area-mode"
+        # bilinear variant on both axes.
+        iy, wy = _area_as_linear(oh, h, iy_scale)
+        ix, wx = _area_as_linear(ow, w, ix_scale)
+    else:
+        iy, wy = _taps(oh, h, iy_scale, interp)
+        ix, wx = _taps(ow, w, ix_scale, interp)
+    return ow, oh, iy, wy, ix, wx
+
+
 def _area_as_linear(dst: int, src: int, inv_scale: float) -> tuple[np.ndarray, np.ndarray]:
     """OpenCV's bilinear stand-in for INTER_AREA when an axis is enlarged (applied to both axes)."""
     scale = 1.0 / inv_scale
@@ -358,6 +367,24 @@ def _interp_code(value: Any) -> int:
     if code not in (0, 1, 2, 3, 4):
         raise EdgeShituError(f"unsupported OpenCV interpolation code {value}: use 0..4")
     return code
+
+
+# ----------------------------------------------------------------------------- native hook
+# Issue 16 item 4. DetPreprocess / RecPreprocess first ask the C preprocessing
+# (runtimes/native_preprocess.py, in the Hamming kernel's library) for their whole output: resize,
+# tables and layout in one pass, byte-identical to the numpy code in this module (and to Pillow for
+# resize="pil"), which stays the reference and the fallback (no library, an older one,
+# EDGE_SHITU_NATIVE_PREPROCESS=0, Pillow filters other than bilinear / bicubic, op lists it does
+# not fuse). It is preferred to OpenCV too: numpy's bytes, and faster (benchmarks/bench_preprocess.py).
+
+def _native() -> Any:
+    """The native preprocessing, or None (numpy)."""
+    try:
+        from edge_shitu.runtimes import native_preprocess
+    except ImportError:  # an install without the runtimes package
+        return None
+    return native_preprocess.get()
+# ----------------------------------------------------------------------------- end of native hook
 
 
 # ----------------------------------------------------------------------------- detector
@@ -438,6 +465,10 @@ class DetPreprocess:
 
     def __call__(self, img: np.ndarray) -> dict[str, np.ndarray]:
         """RGB uint8 (H, W, 3) -> the three detector feeds, batch of one."""
+        nat = _native()  # native hook (see _native)
+        feeds = nat.det_feeds(self.ops, img) if nat is not None else None
+        if feeds is not None:
+            return feeds
         im: np.ndarray = img
         im_shape = np.array(img.shape[:2], np.float32)
         scale_factor = np.array([1.0, 1.0], np.float32)
@@ -464,17 +495,20 @@ class DetPreprocess:
         }
 
 
-def _det_resize(im: np.ndarray, op: Mapping[str, Any]) -> tuple[np.ndarray, float, float]:
+def _det_scales(h: int, w: int, op: Mapping[str, Any]) -> tuple[float, float]:
+    """(sy, sx) of a Resize op for an h x w photo (also used by the native path)."""
     th, tw = (int(v) for v in op["target_size"])
-    h, w = im.shape[:2]
     if op.get("keep_ratio", True):
         # PaddleDetection: scale the short side to the short target unless the long side overflows.
         scale = min(th, tw) / min(h, w)
         if np.round(scale * max(h, w)) > max(th, tw):
             scale = max(th, tw) / max(h, w)
-        sy = sx = scale
-    else:
-        sy, sx = th / h, tw / w
+        return scale, scale
+    return th / h, tw / w
+
+
+def _det_resize(im: np.ndarray, op: Mapping[str, Any]) -> tuple[np.ndarray, float, float]:
+    sy, sx = _det_scales(im.shape[0], im.shape[1], op)
     out = cv2_resize(im, None, fx=sx, fy=sy, interp=_interp_code(op.get("interp", INTER_LINEAR)))
     return out, sy, sx
 
@@ -553,8 +587,7 @@ def letterbox(img: np.ndarray, size: int = 320, pad_value: int = 255, resize: st
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise EdgeShituError(f"letterbox needs an (H, W, 3) uint8 RGB image, got {img.shape} {img.dtype}")
     h, w = img.shape[:2]
-    scale = size / max(h, w)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    nw, nh, x0, y0 = letterbox_geometry(h, w, size)
     if (nw, nh) == (w, h):
         small = img
     elif resize == "pil":
@@ -564,9 +597,16 @@ def letterbox(img: np.ndarray, size: int = 320, pad_value: int = 255, resize: st
     else:
         raise EdgeShituError(f"resize must be 'pil' or 'cv2', got {resize!r}")
     canvas = np.full((size, size, 3), pad_value, dtype=np.uint8)
-    y0, x0 = (size - nh) // 2, (size - nw) // 2
     canvas[y0:y0 + nh, x0:x0 + nw] = small
     return canvas
+
+
+def letterbox_geometry(h: int, w: int, size: int) -> tuple[int, int, int, int]:
+    """(nw, nh, x0, y0): the resized photo's size and its offset on the ``size`` square
+    (also used by the native path)."""
+    scale = size / max(h, w)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    return nw, nh, (size - nw) // 2, (size - nh) // 2
 
 
 @dataclass
@@ -615,6 +655,10 @@ class RecPreprocess:
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
         """RGB uint8 (H, W, 3) -> float32 [1, 3, h, w]."""
+        nat = _native()  # native hook (see _native)
+        x = nat.rec_input(self, img) if nat is not None else None
+        if x is not None:
+            return x
         return apply_channel_luts(self.resize_image(img), self.luts(), chw_in=False, chw_out=True)[None]
 
     def luts(self) -> np.ndarray:

@@ -25,6 +25,7 @@ import numpy as np
 
 from edge_shitu.errors import EdgeShituError
 from edge_shitu.runtimes.backend import TensorSpec, match_feeds
+from edge_shitu.tflite_ops import check_installed
 
 
 def _interpreter_class() -> tuple[Any, str]:
@@ -74,6 +75,7 @@ class TFLiteBackend:
     def __init__(self, path: str | os.PathLike[str], threads: int = 1) -> None:
         interp_cls, self.engine = _interpreter_class()
         self.path = Path(path)
+        check_installed(self.path, self.engine)  # ops too new for this runtime: one line now, not at inference
         self.name = f"{self.kind}:{self.path.name}"
         self.threads = threads
         self.delegate = "xnnpack"

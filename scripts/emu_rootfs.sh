@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Build (or reuse) the emulated Raspberry Pi: an aarch64 Debian bookworm userland in which the
-# device-side tests run under qemu-user (scripts/emu_run.sh runs commands in it).
+# Build (or reuse) an emulated board: an aarch64 Debian userland in which the device-side tests run
+# under qemu-user (scripts/emu_run.sh runs commands in it). EMU_SUITE=bookworm (default: Raspberry Pi
+# OS 64-bit, glibc 2.36, Python 3.11, numpy 2, ai-edge-litert) or bullseye (Raspberry Pi OS bullseye /
+# JetPack 5 stand-in: glibc 2.31, Python 3.9, numpy 1.x, tflite-runtime 2.13), in build/emu/aarch64-SUITE.
 #
 #   scripts/emu_rootfs.sh            # idempotent: only what changed is redone (stamp files)
 #   EMU_FORCE=1 scripts/emu_rootfs.sh  # rebuild everything
@@ -22,11 +24,28 @@ SUITE="${EMU_SUITE:-bookworm}"
 ROOT="${EMU_ROOT:-$PROJECT/build/emu/aarch64-$SUITE}"
 MIRROR="${EMU_MIRROR:-http://deb.debian.org/debian}"
 HOST_PY="${HOST_PY:-python3}"
-PYVER="${EMU_PYVER:-3.11}"          # bookworm's python3
-GLIBC_MINOR="${EMU_GLIBC_MINOR:-36}" # bookworm's glibc 2.36: wheels tagged up to manylinux_2_36 run
-PACKAGES="python3,libpython3.11-stdlib,libstdc++6,coreutils,libc-bin,fonts-wqy-microhei${EMU_EXTRA_PACKAGES:+,$EMU_EXTRA_PACKAGES}"
-# numpy: the newest 2.x (the device venv's numpy), everything else: the newest aarch64 wheel.
-REQUIREMENTS=("numpy>=2,<3" "pillow" "typer" "rich" "ai-edge-litert" "tflite-runtime" "pytest" "hypothesis")
+# What differs between the boards is the suite's Python, its glibc (which wheels run) and so the
+# TFLite runtime; the steps are the same.
+case "$SUITE" in
+  bookworm)  # Raspberry Pi OS 64-bit, JetPack 6 stand-in: glibc 2.36, Python 3.11
+    DEF_PYVER=3.11; DEF_GLIBC=36
+    # numpy: the newest 2.x (the device venv's numpy), everything else: the newest aarch64 wheel.
+    DEF_REQS=("numpy>=2,<3" "pillow" "typer" "rich" "ai-edge-litert" "tflite-runtime" "pytest" "hypothesis") ;;
+  bullseye)  # Raspberry Pi OS bullseye, JetPack 5 stand-in: glibc 2.31, Python 3.9. ai-edge-litert needs
+    # glibc 2.34 (no wheel installs), tflite-runtime 2.14 too: pip falls back to 2.13.0, built against NumPy 1.x.
+    DEF_PYVER=3.9; DEF_GLIBC=31
+    # pytest 9.1 imports typing.TypeAlias (3.10). A host pip of another Python evaluates environment
+    # markers with its own version, so the backports pytest/hypothesis/typer need below 3.11 are named.
+    DEF_REQS=("numpy<2" "pillow" "typer" "rich" "tflite-runtime" "pytest<9" "hypothesis"
+              "exceptiongroup" "tomli" "typing_extensions") ;;
+  *) DEF_PYVER=""; DEF_GLIBC=""; DEF_REQS=() ;;
+esac
+PYVER="${EMU_PYVER:-$DEF_PYVER}"          # the suite's python3
+GLIBC_MINOR="${EMU_GLIBC_MINOR:-$DEF_GLIBC}" # the suite's glibc: wheels tagged up to manylinux_2_<this> run
+[[ -n "$PYVER" && -n "$GLIBC_MINOR" ]] || { printf 'emu-rootfs: error: unknown EMU_SUITE=%s (bookworm, bullseye; or set EMU_PYVER and EMU_GLIBC_MINOR)\n' "$SUITE" >&2; exit 1; }
+PACKAGES="python3,libpython$PYVER-stdlib,libstdc++6,coreutils,libc-bin,fonts-wqy-microhei${EMU_EXTRA_PACKAGES:+,$EMU_EXTRA_PACKAGES}"
+REQUIREMENTS=("${DEF_REQS[@]}")
+((${#REQUIREMENTS[@]})) || REQUIREMENTS=("numpy<2" "pillow" "typer" "rich" "tflite-runtime" "pytest" "hypothesis")
 # shellcheck disable=SC2206
 [[ -n "${EMU_PIP_EXTRA:-}" ]] && REQUIREMENTS+=(${EMU_PIP_EXTRA})
 
@@ -68,7 +87,15 @@ if ! "$HOST_PY" -m pip --version >/dev/null 2>&1; then
   command -v pip3 >/dev/null || { apt-get update -q >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-pip >/dev/null; }
   HOST_PY=/usr/bin/python3
 fi
-log "host tools: $(took "$T")"
+# A host interpreter of the board's Python version, to write .pyc files the board can use (the
+# magic number is per minor version): HOST_PY itself, else python$PYVER on PATH or under pyenv.
+same_ver() { "$1" -c "import sys; sys.exit(sys.version_info[:2] != tuple(map(int, '$PYVER'.split('.'))))" 2>/dev/null; }
+COMPILE_PY=""
+for cand in "$HOST_PY" "$(command -v "python$PYVER" 2>/dev/null)" \
+            $(command -v pyenv >/dev/null 2>&1 && ls -d "$(pyenv root)"/versions/"$PYVER".*/bin/python"$PYVER" 2>/dev/null); do
+  if [[ -n "$cand" ]] && same_ver "$cand"; then COMPILE_PY="$cand"; break; fi
+done
+log "host tools: $(took "$T")${COMPILE_PY:+ (bytecode for Python $PYVER: $COMPILE_PY)}"
 
 # ------------------------------------------------------------------ 2. binfmt
 T=$(now)
@@ -104,11 +131,20 @@ PLATFORMS=(--platform manylinux2014_aarch64)
 for ((v = 17; v <= GLIBC_MINOR; v++)); do PLATFORMS+=(--platform "manylinux_2_${v}_aarch64"); done
 # pip does not expand --platform to older glibc tags: list them all (ai-edge-litert 2.x is
 # tagged manylinux_2_27 only, tflite-runtime 2.14 manylinux_2_34 only).
-PIP=("$HOST_PY" -m pip install -q --no-warn-script-location --no-warn-conflicts --root-user-action=ignore
+# pip resolves best with an interpreter of the board's version (environment markers and Requires-Python
+# are judged by the running Python, whatever --python-version says): COMPILE_PY when it has pip.
+PIP_PY="$HOST_PY"
+if [[ -n "$COMPILE_PY" ]] && "$COMPILE_PY" -m pip --version >/dev/null 2>&1; then PIP_PY="$COMPILE_PY"; fi
+# measured: a Python 3.11 pip asked for --python-version 3.9 picked iniconfig 2.3, markdown-it-py 4 and
+# typer 0.27, which do not import on 3.9; so a board whose Python differs from the host's needs one
+if [[ "$PIP_PY" == "$HOST_PY" ]] && ! same_ver "$HOST_PY"; then
+  die "no host Python $PYVER with pip to install the $SUITE board's wheels: install one (pyenv install $PYVER) or set HOST_PY=/path/to/python$PYVER"
+fi
+PIP=("$PIP_PY" -m pip install -q --no-warn-script-location --no-warn-conflicts --root-user-action=ignore
      --disable-pip-version-check --only-binary=:all: "${PLATFORMS[@]}" --python-version "$PYVER"
      --implementation cp --abi "cp${PYVER/./}")
 ROOTFS_KEY="suite=$SUITE mirror=$MIRROR packages=$PACKAGES"
-WHEELS_KEY="py=$PYVER glibc=2.$GLIBC_MINOR reqs=${REQUIREMENTS[*]}"
+WHEELS_KEY="py=$PYVER glibc=2.$GLIBC_MINOR reqs=${REQUIREMENTS[*]} pip-python=$("$PIP_PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 # tflite-runtime 2.14 (its last release) is compiled against NumPy 1.x and fails with numpy 2
 # ("_ARRAY_API not found"): numpy<2 goes into a second folder, put before /opt/site only by
 # the test that runs tflite-runtime (EDGE_SHITU_NUMPY1_SITE).
@@ -137,7 +173,9 @@ pip_job() {
 kill_jobs() { local job; for job in "${JOBS[@]+"${JOBS[@]}"}"; do kill "${job%%:*}" 2>/dev/null || true; done; }
 trap kill_jobs EXIT
 stale "$SITE/.stamp-wheels" "$WHEELS_KEY" && { log "installing aarch64 wheels with the host pip: ${REQUIREMENTS[*]}"; pip_job site "$WHEELS_KEY" "${REQUIREMENTS[@]}"; }
-stale "$NP1/.stamp-wheels" "$NP1_KEY" && pip_job site-np1 "$NP1_KEY" --no-deps "numpy<2"
+if [[ " ${REQUIREMENTS[*]} " == *" numpy>=2"* ]]; then
+  stale "$NP1/.stamp-wheels" "$NP1_KEY" && pip_job site-np1 "$NP1_KEY" --no-deps "numpy<2"
+fi
 
 T=$(now)
 if [[ ! -x "$ROOT/usr/bin/python3" ]] || stale "$ROOT/.stamp-rootfs" "$ROOTFS_KEY"; then
@@ -154,9 +192,9 @@ if [[ ! -x "$ROOT/usr/bin/python3" ]] || stale "$ROOT/.stamp-rootfs" "$ROOTFS_KE
   rm -rf "$ROOT.tmp/var/cache/apt/archives/"*.deb
   # Debian byte-compiles the stdlib in postinst, which --variant=extract never runs: without
   # .pyc files every emulated start compiles what it imports (pytest + numpy: +7 s under qemu).
-  # The host compiles when it is the board's Python version (same .pyc magic), else the board.
-  if "$HOST_PY" -c "import sys; sys.exit(sys.version_info[:2] != tuple(map(int, '$PYVER'.split('.'))))"; then
-    "$HOST_PY" -m compileall -q -j0 "$ROOT.tmp/usr/lib/python$PYVER" >/dev/null 2>&1 || true
+  # A host Python of the board's version compiles (same .pyc magic: $COMPILE_PY), else the board.
+  if [[ -n "$COMPILE_PY" ]]; then
+    "$COMPILE_PY" -m compileall -q -j0 "$ROOT.tmp/usr/lib/python$PYVER" >/dev/null 2>&1 || true
   else
     env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin QEMU_CPU=cortex-a72 chroot "$ROOT.tmp" /usr/bin/python3 -m compileall \
       -q "/usr/lib/python$PYVER" >/dev/null 2>&1 || true
@@ -180,6 +218,11 @@ for job in "${JOBS[@]+"${JOBS[@]}"}"; do
   wait "${job%%:*}" || die "installing the wheels for /opt/${job#*:} failed (see above)"
   rm -rf --one-file-system "$ROOT/opt/${job#*:}"
   mv "$STAGE/${job#*:}" "$ROOT/opt/${job#*:}"
+  # pip compiled with HOST_PY's version; the board needs its own .pyc (else numpy and pytest are
+  # compiled in memory at every emulated start)
+  if [[ -n "$COMPILE_PY" && "$COMPILE_PY" != "$PIP_PY" ]]; then
+    "$COMPILE_PY" -m compileall -q -j0 "$ROOT/opt/${job#*:}" >/dev/null 2>&1 || true
+  fi
 done
 ((${#JOBS[@]})) || log "wheels: up to date"
 rm -rf --one-file-system "$STAGE"
@@ -213,8 +256,8 @@ if [[ "${EMU_FORCE:-0}" == 1 || "$(cat "$SITE/.stamp-project" 2>/dev/null)" != "
   printf 'emu_rootfs.sh\n' >"$SITE/edge_shitu-$version.dist-info/INSTALLER"
   # bytecode now, with the host interpreter when it is the board's version (same .pyc magic),
   # so the emulated board does not compile on every run
-  if "$HOST_PY" -c "import sys; sys.exit(sys.version_info[:2] != tuple(map(int, '$PYVER'.split('.'))))"; then
-    "$HOST_PY" -m compileall -q "$PKG" >/dev/null || true
+  if [[ -n "$COMPILE_PY" ]]; then
+    "$COMPILE_PY" -m compileall -q "$PKG" >/dev/null || true
   fi
   echo "$PROJECT_KEY" >"$SITE/.stamp-project"
   log "project: installed edge_shitu $version ($(find "$PKG" -name '*.py' | wc -l) modules, $(took "$T"))"

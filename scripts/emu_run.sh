@@ -20,7 +20,7 @@
 # other's mounts and nothing leaks to the host even on SIGKILL; the mounts are also undone by
 # an EXIT trap, on failure too.
 #
-# Knobs: EMU_ROOT, EMU_CPU (cortex-a72; cortex-a53 for a Pi 3, cortex-a57 for a Jetson Nano),
+# Knobs: EMU_SUITE (bookworm | bullseye: the board, default rootfs build/emu/aarch64-SUITE), EMU_ROOT, EMU_CPU (cortex-a72; cortex-a53 for a Pi 3, cortex-a57 for a Jetson Nano),
 # EMU_MOUNT_SYS=0, EMU_BLAS_THREADS (OPENBLAS_NUM_THREADS inside, default 1), EMU_HAMMING_LIB (HOST path of an aarch64 libeshamming.so; it is mounted at
 # /opt/native and EDGE_SHITU_HAMMING_LIB points at it; default:
 # build/aarch64-linux-gnu/libeshamming.so when it exists, EMU_HAMMING_LIB= for none),
@@ -29,7 +29,8 @@
 set -euo pipefail
 
 PROJECT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-ROOT="${EMU_ROOT:-$PROJECT/build/emu/aarch64-bookworm}"
+SUITE="${EMU_SUITE:-bookworm}"  # which emulated board: bookworm (default) or bullseye (scripts/emu_rootfs.sh)
+ROOT="${EMU_ROOT:-$PROJECT/build/emu/aarch64-$SUITE}"
 CPU="${EMU_CPU:-cortex-a72}"
 
 log() { printf 'emu-run: %s\n' "$*" >&2; }
@@ -119,6 +120,7 @@ mnt bind "$PROJECT/pyproject.toml" /work/pyproject.toml ro
 ENVV=(PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/root USER=root LOGNAME=root
       LANG=C.UTF-8 PYTHONUTF8=1 PYTHONPATH=/opt/site PYTHONDONTWRITEBYTECODE=1 TMPDIR=/tmp
       HYPOTHESIS_STORAGE_DIRECTORY=/tmp/.hypothesis QEMU_CPU="$CPU" EDGE_SHITU_EMU="aarch64 $CPU"
+      EDGE_SHITU_EMU_SUITE="$(sed -n 's/^suite=\([^ ]*\).*/\1/p' "$ROOT/.stamp-rootfs" 2>/dev/null)"
       OPENBLAS_NUM_THREADS="${EMU_BLAS_THREADS:-1}")
 # OPENBLAS_NUM_THREADS=1: OpenBLAS's worker threads spin while they wait, and spinning under
 # qemu on a busy 2-core host made an ITQ fit 1.8x slower (161 s vs 90 s); -e overrides it.

@@ -37,7 +37,7 @@ def test_unknown_board_lists_valid_ones() -> None:
     ({"schema": 2}, "schema"),
 ])
 def test_invalid_config_is_rejected(tmp_path: Path, patch: dict, msg: str) -> None:
-    raw = load_board("rpi4").to_dict() | patch
+    raw = {**load_board("rpi4").to_dict(), **patch}
     p = tmp_path / "custom.json"
     p.write_text(json.dumps(raw))
     with pytest.raises(EdgeShituError, match=msg):

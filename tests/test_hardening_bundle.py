@@ -438,7 +438,8 @@ def test_extractor_output_size_must_match_feature_dim(tmp_path: Path) -> None:
     (b"\xff\xfe{}", "not valid JSON"),
     ("NaN", "not an edge-shitu bundle manifest"),
     ('{"format": "edge-shitu-bundle", "format_version": "1.0"}', r"format_version must be \[major, minor\]"),
-])
+], ids=["deep-nesting", "huge-number", "not-json", "bad-utf8", "nan", "bad-format-version"])  # short ids: pytest 8.3
+# (the last for Python 3.8) puts the whole parameter into PYTEST_CURRENT_TEST, too long for exec's environment
 def test_malformed_manifest_files_are_one_line(tmp_path: Path, text: str | bytes, says: str) -> None:
     b = make_bundle(tmp_path / "b")
     if isinstance(text, bytes):
