@@ -461,8 +461,14 @@ def test_gallery_edits_on_a_bundle_both_ways(jar: Path, rpi4_bundle, assets: Pat
     assert py_id == java_id + 1
     py = subprocess.run([sys.executable, "-m", "edge_shitu.cli", "recognize", str(b), str(photos[0]), "--json"],
                         capture_output=True, text=True, timeout=600, env={**os.environ, "EDGE_SHITU_RESIZE": "numpy"})
+    # the whole photo finds the item the other side added from it, at the top score (a detector crop
+    # may tie with it at 1.0: synthesized weights give near-constant codes, so look the photo up by source)
     objs = json.loads(py.stdout)["images"][0]["objects"]
-    assert (objs[0]["id"], objs[0]["label"], objs[0]["source"]) == (java_id, "新品_java", "image"), objs
+    whole = [o for o in objs if o["source"] == "image"]
+    assert [(o["id"], o["label"]) for o in whole] == [(java_id, "新品_java")], objs
+    assert whole[0]["score"] == max(o["score"] for o in objs), objs
     proc = java("recognize", b, photos[1], "--json")
     objs = json.loads(proc.stdout)["images"][0]["objects"]
-    assert (objs[0]["id"], objs[0]["label"], objs[0]["source"]) == (py_id, "新品_python", "image"), objs
+    whole = [o for o in objs if o["source"] == "image"]
+    assert [(o["id"], o["label"]) for o in whole] == [(py_id, "新品_python")], objs
+    assert whole[0]["score"] == max(o["score"] for o in objs), objs
