@@ -16,6 +16,7 @@ Integration tier:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -305,7 +306,8 @@ def test_readme_demo_names_products_on_shelf_photos(tmp_path: Path) -> None:
     detector and the real MobileNetV2 extractor converted with every gate passing (no
     --allow-degraded), the threshold chosen on held-out gallery photos, every shelf photo annotated."""
     pytest.importorskip("paddleslim")
-    pytest.importorskip("onnx2tf")
+    if importlib.util.find_spec("onnx2tf") is None:  # not imported: TF in this process would abort Paddle Lite later
+        pytest.skip("onnx2tf not installed")
     from edge_shitu.converters import mobilenet_v2
     from edge_shitu.visualize import find_font
 
