@@ -101,7 +101,7 @@ def _gfl_fidelity(ref: Backend, art: Backend, feeds: Sequence[Feeds], gfl: Mappi
     head = GFLHead.from_dict(gfl)
     refs = list(ref_outputs) if ref_outputs is not None else run_all(ref, feeds)
     arts = run_all(art, feeds)
-    fid = compare(ref, art, feeds, stage=stage, ref_outputs=refs)
+    fid = compare(ref, art, feeds, stage=stage, ref_outputs=refs, art_outputs=arts)
     fid.boxes = compare_boxes([gfl_boxes(r, head, GFL_GATE_SCORE) for r in refs],
                               [gfl_boxes(a, head, GFL_GATE_SCORE - GFL_SCORE_MARGIN) for a in arts])
     fid.note = (f"raw GFL head: maps vs the reference; boxes scoring >= {GFL_GATE_SCORE} vs the artifact's "
@@ -257,17 +257,19 @@ def compare(
     output_names: Optional[Sequence[str]] = None,
     ref_outputs: Optional[Sequence[Sequence[np.ndarray]]] = None,
     outputs: Optional[Sequence[int]] = None,
+    art_outputs: Optional[Sequence[Sequence[np.ndarray]]] = None,
 ) -> Fidelity:
     """Run both backends on every feed dict and compare their outputs one by one.
 
     ``ref_outputs`` lets a caller reuse reference results across several artifacts (the
-    reference is the slow part with MKLDNN warm-up). ``outputs`` restricts the comparison to
+    reference is the slow part with MKLDNN warm-up); ``art_outputs`` likewise for a caller that
+    already ran the artifact (the GFL box gate decodes the same runs). ``outputs`` restricts the comparison to
     some reference output indices (e.g. skip an NMS count output).
     """
     if not feeds:
         raise EdgeShituError(f"{stage}: no held-out inputs to verify with; give at least one sample")
     refs = list(ref_outputs) if ref_outputs is not None else run_all(reference, feeds)
-    arts = run_all(artifact, feeds)
+    arts = list(art_outputs) if art_outputs is not None else run_all(artifact, feeds)
     n_ref, n_art = len(refs[0]), len(arts[0])
     idx = list(outputs) if outputs is not None else list(range(n_ref))
     if n_art != len(idx) and n_art != n_ref:
