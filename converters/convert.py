@@ -55,6 +55,9 @@ class ConvertOptions:
     recall_sample: int = 2000
     task_gate: bool = False
     allow_degraded: bool = False
+    # extractors' int8 TFLite: a bias-corrected twin (converters/int8_bias.py) is made, verified
+    # beside the plain file and kept only where its cosine to FP32 measures higher
+    bias_correction: bool = True
     latency_threads: tuple[int, ...] = (1, 2)
     latency_runs: int = 15
     bits: int | None = None
@@ -197,7 +200,7 @@ def _gate(art: Any, precision: str, stage: str, opts: ConvertOptions) -> dict[st
 
 
 DETAIL_KEYS = ("int8_mode", "float_ops", "converter", "calibration_samples", "head", "cut_before_nms", "verified_by",
-               "route", "x86_twin_fidelity", "program_fixes", "onnx_rewrites")
+               "route", "x86_twin_fidelity", "program_fixes", "onnx_rewrites", "bias_correction")
 
 
 def _details(art: Any) -> dict[str, Any]:
@@ -290,7 +293,8 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
     # per-model-kind exporter options: a detector's ONNX is cut before NMS (TFLite then carries its
     # head); an extractor's int8 TFLite keeps its global pooling float, with MSE activation ranges
     options: dict[str, Any] = {"cut_before_nms": True} if kind == "det" else {"float_pooling": True,
-                                                                                "mse_ranges": True}
+                                                                                "mse_ranges": True,
+                                                                                "bias_correction": opts.bias_correction}
     if prepared.head is not None:  # a raw GFL head: no NMS in the graph, nothing to cut; gated on its boxes
         options = {"gfl_head": prepared.head}
     sources: dict[str, Path] = {"paddle": pruned_dir}

@@ -109,10 +109,12 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
 
         if job.get("float_pooling") or job.get("mse_ranges"):
             try:  # a refinement: any failure falls back to TF's plain int8 conversion, and says why
-                data, mode, float_ops = _refined_int8(converter, representative_dataset, job)
+                data, mode, float_ops, calibrated = _refined_int8(converter, representative_dataset, job)
                 result["int8_mode"] = mode
                 if float_ops:
                     result["float_ops"] = float_ops
+                if job.get("bias_correction"):  # a twin; the parent keeps it only where it measures better
+                    result.update(_bias_corrected_twin(data, calibrated, representative_dataset, work))
             except Exception as e:
                 data, mode = _plain_int8(converter)
                 result["int8_mode"] = f"{mode}; min/max ranges (refinement failed: {type(e).__name__}: {str(e)[:120]})"
@@ -176,12 +178,13 @@ def _plain_int8(converter: Any) -> tuple[bytes, str]:
         return data, f"int8 ops with float fallback ({type(e).__name__}), float32 input/output"
 
 
-def _refined_int8(converter: Any, representative_dataset: Any, job: Mapping[str, Any]) -> tuple[bytes, str, list[str]]:
+def _refined_int8(converter: Any, representative_dataset: Any,
+                  job: Mapping[str, Any]) -> tuple[bytes, str, list[str], bytes]:
     """One calibration pass, then MSE ranges and/or a float pooling block, then quantization.
 
     The pooling block and the fallback check both read the calibrated model itself, so the names
     handed to the quantizer are the very names it sees (and no second conversion is needed).
-    Returns (model, int8_mode, the kept-float pooling ops).
+    Returns (model, int8_mode, the kept-float pooling ops, the calibrated float model).
     """
     import tensorflow as tf
 
@@ -201,7 +204,24 @@ def _refined_int8(converter: Any, representative_dataset: Any, job: Mapping[str,
     fallback = float_fallback_ops(_op_list(data, dtypes=True), {n for _, n in block})
     mode = FULL_INT8 if not fallback else \
         f"int8 ops with float fallback ({', '.join(sorted(set(fallback)))}), float32 input/output"
-    return data, "; ".join([mode, *notes]), [o for o, _ in block]
+    return data, "; ".join([mode, *notes]), [o for o, _ in block], calibrated
+
+
+BIAS_CORRECTION_IMAGES = 16  # calibration images the biases are measured on (each layer runs them all)
+
+
+def _bias_corrected_twin(data: bytes, calibrated: bytes, representative_dataset: Any, work: Path) -> dict[str, Any]:
+    """The int8 file with empirically corrected biases (``int8_bias``), or why there is none."""
+    from edge_shitu.converters.int8_bias import correct_biases
+
+    images = list(_first_input(representative_dataset()))[:BIAS_CORRECTION_IMAGES]
+    try:
+        fixed, n = correct_biases(data, calibrated, images)
+    except Exception as e:  # an optional refinement: the plain file stands, and the manifest says why
+        return {"bias_correction_error": f"{type(e).__name__}: {str(e)[:160]}"}
+    out = work / "model_int8_bias_corrected.tflite"
+    out.write_bytes(fixed)
+    return {"int8_bias_corrected": str(out), "bias_corrected_layers": n, "bias_correction_images": len(images)}
 
 
 def float_fallback_ops(ops: Sequence[tuple[Any, ...]], kept_float: set[str]) -> list[str]:
@@ -317,6 +337,7 @@ def to_tflite(
     float_pooling: bool = False,
     mse_ranges: bool = False,
     gfl_head: Optional[Mapping[str, Any]] = None,
+    bias_correction: bool = False,
     on_fail: str = "raise",
 ) -> dict[str, Artifact]:
     """Convert an fp32 ONNX file to ``out_dir/{name}_{fp32,fp16,int8}.tflite``.
@@ -330,6 +351,9 @@ def to_tflite(
     ``cut_reference`` (the pruned Paddle program; built again when omitted).
     ``float_pooling`` (extractors): int8 keeps the global pooling block float (``pooling_block``);
     ``mse_ranges``: MSE-optimal activation ranges instead of min/max (``int8_ranges``).
+    ``bias_correction`` (with either refinement): an int8 twin with empirically corrected biases
+    (``int8_bias``) is verified beside the plain int8 file and replaces it when its cosine to the
+    reference is higher and it passes the same gate (same size: only int32 biases differ).
     ``gfl_head`` (a raw-GFL-head detector: the manifest's head dict): every precision is gated on
     its decoded boxes against the reference's, and int8 falls back to 16x8 (int16 activations,
     int8 weights) when int8 activations miss that gate.
@@ -381,7 +405,8 @@ def to_tflite(
                 calib_files[k] = str(f)
         job = {"work": str(work), "onnx": str(copy), "precisions": list(precisions), "calib": calib_files,
                "rtpo": ["hardswish"] if replace_hardswish else [], "float_pooling": float_pooling,
-               "mse_ranges": mse_ranges, "a16w8": gfl_head is not None and "int8" in precisions}
+               "mse_ranges": mse_ranges, "a16w8": gfl_head is not None and "int8" in precisions,
+               "bias_correction": bias_correction}
         logs: list[str] = []
         produced = run_worker("edge_shitu.converters.export_tflite", job, timeout=CONVERT_TIMEOUT_S, env=env,
                               cwd=work, log=logs, stage=f"TFLite conversion of {onnx_path.name}")
@@ -411,6 +436,9 @@ def to_tflite(
             except EdgeShituError as e:
                 rejected[p] = str(e)
                 fidelities[p] = getattr(e, "fidelity", None)
+            if p == "int8" and produced.get("int8_bias_corrected"):
+                _take_bias_corrected(produced, fidelities, rejected, reference, verify_feeds, th, head, cut_dir,
+                                     gfl_head)
             if p == "int8" and produced.get("int8_a16w8") and not _passes(fidelities[p], thresholds_for(p, gfl_head)):
                 # the 16x8 rung (same weight size, int16 activations), taken when it passes the
                 # default gate that int8 activations missed (--allow-degraded or not)
@@ -452,6 +480,8 @@ def to_tflite(
                 details["onnx_rewrites"] = f"{edge_pads} padded MaxPool -> edge Pad + MaxPool (exact)"
             if p == "int8":
                 details["int8_mode"] = produced.get("int8_mode", "")
+                if produced.get("bias_correction"):
+                    details["bias_correction"] = produced["bias_correction"]
                 details["calibration_samples"] = n_calib
                 if produced.get("float_ops"):
                     details["float_ops"] = produced["float_ops"]
@@ -462,6 +492,33 @@ def to_tflite(
                 details["head"] = head.to_dict()
             results[p] = Artifact(kind, dest, bytes=dest.stat().st_size, fidelity=fid, details=details)
     return results
+
+
+def _take_bias_corrected(produced: dict[str, Any], fidelities: dict[str, Any], rejected: dict[str, str],
+                         reference: Any, verify_feeds: Sequence[Feeds], gate: Mapping[str, float], head: Any,
+                         cut_dir: Optional[Path], gfl_head: Optional[Mapping[str, Any]]) -> None:
+    """Verify the bias-corrected int8 twin; it replaces the plain file when it passes ``gate`` and
+    its mean cosine is higher. ``produced["bias_correction"]`` records both figures either way."""
+    plain = fidelities.get("int8")
+    try:
+        fid = verify_in_process(Path(produced["int8_bias_corrected"]), "tflite", reference, verify_feeds,
+                                stage="tflite-int8 (bias-corrected)", thresholds=gate, head=head, cut_dir=cut_dir,
+                                gfl=gfl_head)
+    except EdgeShituError as e:
+        fid, why = getattr(e, "fidelity", None), str(e)
+    else:
+        why = ""
+    before = None if plain is None else round(float(plain.cosine_mean), 6)
+    after = None if fid is None else round(float(fid.cosine_mean), 6)
+    kept = not why and after is not None and (before is None or "int8" in rejected or after > before)
+    produced["bias_correction"] = {"layers": produced.get("bias_corrected_layers", 0),
+                                   "images": produced.get("bias_correction_images", 0),
+                                   "cosine_mean_plain": before, "cosine_mean_corrected": after, "kept": kept}
+    if kept:
+        produced["int8"], fidelities["int8"] = produced["int8_bias_corrected"], fid
+        layers = produced["bias_correction"]["layers"]
+        produced["int8_mode"] = f"{produced.get('int8_mode', '')}; biases corrected ({layers} layers)"
+        rejected.pop("int8", None)
 
 
 def _passes(fid: Any, gate: Mapping[str, float]) -> bool:
@@ -491,7 +548,7 @@ def export(job: ExportJob) -> list[Artifact]:
     """The exporter contract (``converters/exporter.py``) for ``tflite:*`` kinds: every precision
     from the fp32 ONNX source in one onnx2tf child process, int8 calibrated on the image input of
     ``job.calibration``. Options: ``detector_head`` (a detector cut before NMS: the ONNX export's
-    ``details["head"]``), ``float_pooling``, ``mse_ranges``, ``replace_hardswish``."""
+    ``details["head"]``), ``float_pooling``, ``mse_ranges``, ``bias_correction``, ``replace_hardswish``."""
     precisions = [artifact_format(k).precision for k in job.kinds]
     calib = None
     if job.calibration:
@@ -499,7 +556,8 @@ def export(job: ExportJob) -> list[Artifact]:
         calib = np.concatenate([c[image] for c in job.calibration], axis=0)
     job.progress(f"{job.model}: TFLite {', '.join(precisions)} (onnx2tf, int8 calibrated on "
                  f"{len(job.calibration or [])} images)")
-    opts = {k: job.options[k] for k in ("detector_head", "float_pooling", "mse_ranges", "replace_hardswish", "gfl_head")
+    opts = {k: job.options[k] for k in ("detector_head", "float_pooling", "mse_ranges", "replace_hardswish", "gfl_head",
+                                        "bias_correction")
             if k in job.options}
     arts = to_tflite(job.source_for(job.kinds[0]), job.out_dir, name=job.model, precisions=precisions,
                      calibration=calib, verify_feeds=job.verify_feeds, reference=job.reference,

@@ -254,6 +254,13 @@ def test_real_weights_extractor_bundle(tmp_path: Path) -> None:
     assert arts["tflite:int8"]["details"]["int8_mode"].startswith("int8 ops with float fallback (POW)")
     assert "MSE activation ranges" in arts["tflite:int8"]["details"]["int8_mode"]
     assert 0.98 <= f["cosine_mean"] < 1.0  # a regression floor below the measured ~0.988
+    # the bias-corrected twin (int8_bias.py): every conv's bias measured, kept only where it measures better
+    bc = arts["tflite:int8"]["details"]["bias_correction"]
+    print(f"bias correction: {bc}")
+    assert bc["layers"] >= 45 and bc["images"] == 16
+    assert bc["kept"] == (bc["cosine_mean_corrected"] > bc["cosine_mean_plain"])
+    assert f["cosine_mean"] == pytest.approx(max(bc["cosine_mean_corrected"], bc["cosine_mean_plain"]), abs=1e-5)
+    assert ("biases corrected" in arts["tflite:int8"]["details"]["int8_mode"]) == bc["kept"]
     # the index holds the FP32 reference's features of the gallery (--gallery-features reference)
     from edge_shitu.gallery_index import GalleryIndex
 
