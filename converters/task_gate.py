@@ -100,7 +100,8 @@ ACCEPT_RIGHT = 0.95  # the share of right gallery matches the recognition thresh
 def choose_threshold(index: GalleryIndex, query_feats: np.ndarray, labels: Sequence[str], *, k: int = 5,
                      rerank: int = 0, accept_right: float = ACCEPT_RIGHT) -> dict[str, Any]:
     """The recognition threshold from held-out GALLERY photos, scored exactly as the device scores
-    a match (``pipeline.HammingSearcher``: the index's distance -> cosine table).
+    a match (``pipeline.HammingSearcher``: the re-rank cosine with the index's int8 vectors when
+    re-ranking is on, else the index's distance -> cosine table).
 
     Each photo queries the index twice: without itself (leave-one-out: its top-1 is a RIGHT match
     when the label agrees, a WRONG one otherwise) and without its whole label (leave-label-out: a
@@ -111,27 +112,31 @@ def choose_threshold(index: GalleryIndex, query_feats: np.ndarray, labels: Seque
     bottle of three), so the cut leans to recall; how many wrong matches it lets through is
     recorded with it, and Youden's J (the balanced cut) is reported beside it.
     """
-    from edge_shitu.scores import score_of_distance
+    from edge_shitu.scores import match_score
 
     labs = np.asarray(labels)
     ids = np.asarray(index.ids(live_only=False))
     row_of = {int(i): r for r, i in enumerate(ids)}
     _, _, counts = np.unique(labs, return_inverse=True, return_counts=True)
     depth = min(len(labs), int(counts.max()) + k + 1)
-    dist, rows, _ = index.search_rows(query_feats, k=depth, rerank=max(rerank, depth) if rerank else 0)
-    meta = index.data.meta
+    dist, rows, scores = index.search_rows(query_feats, k=depth, rerank=max(rerank, depth) if rerank else 0)
+    meta, vectors = index.data.meta, index.data.vectors is not None
+
+    def score(i: int, j: int) -> float:
+        return match_score(int(dist[i, j]), None if scores is None else float(scores[i, j]), index.bits, meta, vectors)
+
     right: list[float] = []
     wrong: list[float] = []
     for i in range(len(labs)):
         own = row_of.get(int(ids[i]), -1)
-        cand = [(int(r), int(d)) for r, d in zip(rows[i], dist[i]) if r >= 0 and r != own]
+        cand = [(int(r), j) for j, r in enumerate(rows[i]) if r >= 0 and r != own]
         if not cand:
             continue
-        r, d = cand[0]  # leave-one-out top-1
-        (right if labs[r] == labs[i] else wrong).append(score_of_distance(d, index.bits, meta))
-        other = next(((r, d) for r, d in cand if labs[r] != labs[i]), None)  # leave-label-out top-1
+        r, j = cand[0]  # leave-one-out top-1
+        (right if labs[r] == labs[i] else wrong).append(score(i, j))
+        other = next(((r, j) for r, j in cand if labs[r] != labs[i]), None)  # leave-label-out top-1
         if other is not None:
-            wrong.append(score_of_distance(other[1], index.bits, meta))
+            wrong.append(score(i, other[1]))
     pos, neg = np.asarray(right), np.asarray(wrong)
     if not len(pos) or not len(neg):
         return {}

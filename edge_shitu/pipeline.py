@@ -16,9 +16,9 @@ what PaddleClas would:
 
 The searcher is pluggable: the bundle's Hamming index on the device, or a float brute-force
 searcher (what PaddleClas does with faiss ``IndexFlatIP``) for the reference in benchmarks.
-Scores: cosine for float search; for binary codes the mean cosine gallery pairs have at the
-top-1 Hamming distance (a table the index stores, edge_shitu/scores.py), so one threshold means
-the same thing for both.
+Scores: cosine for float search; for binary codes re-ranked with the index's int8 vectors the
+cosine with them, else the mean cosine gallery pairs have at the top-1 Hamming distance (a table
+the index stores, edge_shitu/scores.py), so one threshold means the same thing for all.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from edge_shitu.errors import EdgeShituError
 from edge_shitu.gfl_head import GFLHead
 from edge_shitu.hashing import l2_normalize
 from edge_shitu.preprocess import DetPreprocess, RecPreprocess
-from edge_shitu.scores import score_of_distance
+from edge_shitu.scores import match_score
 
 
 # ----------------------------------------------------------------------------- results
@@ -81,8 +81,9 @@ class Searcher(Protocol):
 
 
 class HammingSearcher:
-    """The bundle's binary index; a match's score is the mean gallery cosine at its Hamming
-    distance (the index's table; SimHash estimate without one): see edge_shitu/scores.py."""
+    """The bundle's binary index; a match's score is its re-rank cosine with the index's int8
+    vectors when re-ranking is on, else the mean gallery cosine at its Hamming distance (the
+    index's table; SimHash estimate without one): see edge_shitu/scores.py."""
 
     def __init__(self, index: Any, k: int = 5, rerank: int = 0) -> None:
         self.index, self.k, self.rerank = index, max(1, k), max(0, rerank)
@@ -94,7 +95,9 @@ class HammingSearcher:
                 out.append((-1, "", -1.0))
                 continue
             m = matches[0]
-            out.append((m.id, m.label, score_of_distance(m.distance, self.index.bits, self.index.data.meta)))
+            d = self.index.data
+            score = match_score(m.distance, m.score, self.index.bits, d.meta, d.vectors is not None)
+            out.append((m.id, m.label, score))
         return out
 
 

@@ -89,6 +89,16 @@ def test_hamming_scores_track_the_float_cosine_on_real_embeddings() -> None:
         raw = GalleryIndex.build(gal, labels, bits=256, method="itq", score_table=False)
         simhash = np.array([h[2] for h in HammingSearcher(raw, k=5).top1(q)])
         assert np.mean(flt - simhash) >= simhash_off
+        # re-ranked with the index's int8 vectors, a match's score is its cosine with them: where
+        # the top-1 is the float search's, it is the float cosine to int8 rounding (the table only
+        # gives the mean of all pairs at that distance)
+        vec = GalleryIndex.build(gal, labels, bits=256, method="itq", rerank_vectors=True)
+        top_v = HammingSearcher(vec, k=5, rerank=50).top1(q)
+        top_f = FloatSearcher(gal, labels).top1(q)
+        same = np.array([a[0] == b[0] for a, b in zip(top_v, top_f)])
+        err = np.abs(np.array([h[2] for h in top_v]) - flt)[same]
+        assert same.mean() > 0.9 and err.max() < 0.01 and err.mean() < 0.6 * np.abs(ham - flt)[same].mean(), \
+            (same.mean(), err.max(), err.mean())
 
 
 def test_runtime_imports_nothing_heavy() -> None:

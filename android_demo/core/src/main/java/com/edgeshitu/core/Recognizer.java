@@ -275,7 +275,8 @@ public final class Recognizer {
             List<GalleryIndex.Match> ms = hits.get(i);
             if (ms.isEmpty()) continue;
             GalleryIndex.Match m = ms.get(0);
-            double score = index.scoreOfDistance(m.distance);
+            // the re-rank cosine with the index's int8 vectors when re-ranked, else the distance table (scores.match_score)
+            double score = index.hasRerankVectors() && !Float.isNaN(m.score) ? m.score : index.scoreOfDistance(m.distance);
             if (score >= settings.recScoreThreshold)
                 objs.add(new Recognized(boxes.get(i), m.label, score, m.id, detScores.get(i), detScores.get(i) == null ? "image" : "det"));
         }
