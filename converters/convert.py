@@ -130,7 +130,10 @@ def split_images(images: Sequence[np.ndarray], n_calib: int, n_verify: int) -> t
         raise EdgeShituError(f"need at least 2 readable images for calibration and verification, got {n}")
     order = np.linspace(0, n - 1, num=min(n, n_calib + n_verify)).round().astype(int)
     order = list(dict.fromkeys(order.tolist()))
-    verify = order[1::2][:n_verify] if len(order) > 2 else order[1:]
+    if n_calib <= 0 or n_verify <= 0:  # one subset only (a --calib folder: the gallery only verifies)
+        verify = order[:n_verify] if n_verify > 0 else []
+    else:
+        verify = order[1::2][:n_verify] if len(order) > 2 else order[1:]
     calib = [i for i in order if i not in set(verify)][:n_calib]
     return [images[i] for i in calib], [images[i] for i in verify]
 
@@ -493,9 +496,11 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
         raise EdgeShituError(f"gallery {gallery_dir}: none of the {len(gallery)} images could be read")
     images = [im for _, im in decoded]
     calib_pool = load_calib_dir(opts.calib_dir, say) if opts.calib_dir else images
-    calib_imgs, verify_imgs = split_images(calib_pool, opts.n_calib, opts.n_verify)
-    if opts.calib_dir:  # held-out verification photos come from the gallery
+    if opts.calib_dir:  # all of --calib for calibration; held-out verification photos come from the gallery
+        calib_imgs, _ = split_images(calib_pool, opts.n_calib, 0)
         _, verify_imgs = split_images(images, 0, opts.n_verify)
+    else:
+        calib_imgs, verify_imgs = split_images(calib_pool, opts.n_calib, opts.n_verify)
     labels_all = [it.label for it, _ in decoded]
     from edge_shitu.converters.task_gate import sample_rows, usable
 
