@@ -42,6 +42,12 @@ Progress = Callable[[str], None]
 class ConvertOptions:
     prune: bool = True
     prune_ratio: float | None = None
+    # "sensitivity" (prune.py: L1 norm, cosine budget) | "reconstruct" (prune_reconstruct.py: the
+    # extractor's inverted-residual hidden channels + least squares, the largest MAC cut whose
+    # gallery recall@1 drop stays within prune_recall_budget points; elsewhere it falls back)
+    prune_method: str = "sensitivity"
+    prune_recall_budget: float = 1.0
+    prune_gallery: Any = None  # (decoded gallery images, labels) for the reconstruct budget; convert() sets it
     fidelity_budget: float = 0.99
     calib_dir: Path | None = None
     n_calib: int = 32
@@ -75,6 +81,9 @@ class ConvertOptions:
     det_classes: Any = None
     tflite_route: str = "onnx"
     prepared: dict[str, Any] = field(default_factory=dict)  # kind -> PreparedModel made by convert()
+    # the detector's input size (h, w), "HxW" or "model": overrides the board's det.input_size; an
+    # ONNX detector of another fixed size is re-targeted to it (converters/onnx_resize.py)
+    det_size: Any = None
 
 
 # ---------------------------------------------------------------- inputs
@@ -284,9 +293,17 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
     # ---- prune
     pruned_dir, pruning = model_dir, None
     if opts.prune:
-        progress(f"{kind}: pruning (sensitivity on {len(calib)} images, budget {opts.fidelity_budget})")
-        report = prune.prune(model_dir, work / f"{kind}_pruned", calib[: max(4, len(calib) // 4)],
-                             eval_feeds=verify[:8], budget=opts.fidelity_budget, prune_ratio=opts.prune_ratio)
+        report: Any = None
+        if opts.prune_method not in ("sensitivity", "reconstruct"):
+            raise EdgeShituError(f"prune method {opts.prune_method!r}: use 'sensitivity' or 'reconstruct'")
+        if opts.prune_method == "reconstruct":
+            from edge_shitu.converters.prune_reconstruct import for_convert
+
+            report = for_convert(model_dir, kind, calib, work, opts, progress, prepared.pre)  # None: falls back
+        if report is None:
+            progress(f"{kind}: pruning (sensitivity on {len(calib)} images, budget {opts.fidelity_budget})")
+            report = prune.prune(model_dir, work / f"{kind}_pruned", calib[: max(4, len(calib) // 4)],
+                                 eval_feeds=verify[:8], budget=opts.fidelity_budget, prune_ratio=opts.prune_ratio)
         pruned_dir = Path(report.out_dir)
         pruning = report.to_dict()
 
@@ -485,6 +502,9 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
     check_input(Path(rec_dir), "rec", opts)  # before the gallery is decoded: a swapped pair fails in a second
     if det_dir is not None:
         check_input(Path(det_dir), "det", opts)
+        from edge_shitu.converters.onnx_resize import detector_size
+
+        detector_size(board, opts.det_size)  # a malformed --det-size / board size fails before the gallery
     gallery = read_gallery(gallery_dir, labels)
     say(f"gallery: {len(gallery)} photos, {len(set(gallery.labels))} labels")
     decoded: list[tuple[Any, np.ndarray]] = list(gallery.images())
@@ -505,6 +525,8 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
     from edge_shitu.converters.task_gate import sample_rows, usable
 
     task_rows = sample_rows(labels_all, opts.recall_sample)
+    if opts.prune_method == "reconstruct":  # its recall budget is measured on the gallery
+        opts.prune_gallery = (images, labels_all)
     opts.task_gate = usable([labels_all[i] for i in task_rows])
     if not opts.task_gate:
         say("gallery: too few classes with 2+ photos for the recall gate; extractors are gated on "
@@ -512,8 +534,14 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
     with _workdir(opts) as work, atomic_dir(out) as root:
         models: dict[str, ModelResult] = {}
         if det_dir is not None:
-            models["det"] = convert_model(Path(det_dir), "det", calib_imgs, verify_imgs, board.artifacts, root / "det",
+            from edge_shitu.converters.onnx_resize import detector_at_size, record_native_size_recall
+
+            det_src, det_sizes = detector_at_size(Path(det_dir), board, opts.det_size, work, opts.warnings, say)
+            models["det"] = convert_model(det_src, "det", calib_imgs, verify_imgs, board.artifacts, root / "det",
                                           work, opts, say)
+            if det_sizes is not None:  # the board's size vs the model's own: informational, the gates stay
+                record_native_size_recall(models["det"], det_sizes, verify_imgs, say)
+                models["det"].reference["input_size"] = {k: v for k, v in det_sizes.items() if k != "native"}
         models["rec"] = rec = convert_model(Path(rec_dir), "rec", calib_imgs, verify_imgs, board.artifacts,
                                             root / "rec", work, opts, say)
         from edge_shitu.converters.board_runtime import check_bundle_dir  # issue 19: the board's oldest runtime
@@ -619,6 +647,11 @@ def _manifest(board: Board, models: dict[str, ModelResult], index: GalleryIndex,
                                         "class_agnostic": head["class_agnostic"],
                                         "score_threshold": board.det.get("threshold", 0.2),
                                         "keep_top_k": board.det.get("max_det", 5)}
+        # the network input the artifacts take (the board's det.input_size / --det-size, else the model's)
+        det_size = head["input_size"] if head is not None else \
+            DetPreprocess.from_dict(models["det"].preprocess).input_size
+        if det_size:
+            det_block["input_size"] = [int(v) for v in det_size]
     info = index.info()
     m: dict[str, Any] = {
         "format": FORMAT, "format_version": list(FORMAT_VERSION), "created_by": f"edge-shitu {__version__}",

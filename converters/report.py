@@ -17,7 +17,8 @@ def _fmt_bytes(n: int) -> str:
 def _fidelity_text(f: dict[str, Any]) -> str:
     parts = []
     for key, label in (("cosine_mean", "cos"), ("cosine_min", "min cos"), ("top1_agreement", "top-1 agree"),
-                       ("box_recall_iou50", "box recall@0.5"), ("score_mae", "score MAE")):
+                       ("box_recall_iou50", "box recall@0.5"),
+                       ("box_recall_vs_native_size", "box recall vs native size"), ("score_mae", "score MAE")):
         if f.get(key) is not None:
             parts.append(f"{label} {f[key]:.4f}")
     task = f.get("task")

@@ -109,6 +109,34 @@ def _gfl_fidelity(ref: Backend, art: Backend, feeds: Sequence[Feeds], gfl: Mappi
     return fid
 
 
+def gfl_photo_boxes(backend: Backend, pre: Any, head: Any, img: np.ndarray, min_score: float) -> np.ndarray:
+    """One photo through a raw-GFL detector as the device runs it (its preprocessing at its
+    input size, decode, NMS): rows in PHOTO pixels, the class column zeroed for a class-agnostic
+    head (as :func:`gfl_boxes`)."""
+    from edge_shitu.pipeline import order_gfl_outputs
+
+    f = pre(img)
+    outs = backend.run({backend.inputs[0].name: f["image"]})
+    rows = head.postprocess(order_gfl_outputs(outs, head), f["im_shape"][0], f["scale_factor"][0],
+                            min_score=min_score)
+    if head.class_agnostic or head.classes is None:
+        rows = rows.copy()
+        rows[:, 0] = 0
+    return rows
+
+
+def gfl_recall_across_sizes(ref: Backend, ref_pre: Any, ref_head: Any, art: Backend, art_pre: Any, art_head: Any,
+                            images: Sequence[np.ndarray]) -> BoxFidelity:
+    """Box agreement of a raw-GFL detector run at one input size (``art`` with ``art_pre`` /
+    ``art_head``: e.g. the board's) against a reference run at another (the model's own), on the
+    same photos, compared in photo pixels; scores as the GFL gate counts them (reference boxes
+    >= GFL_GATE_SCORE, artifact boxes >= GFL_GATE_SCORE - GFL_SCORE_MARGIN). Informational: the
+    gates compare at the same size."""
+    return compare_boxes([gfl_photo_boxes(ref, ref_pre, ref_head, im, GFL_GATE_SCORE) for im in images],
+                         [gfl_photo_boxes(art, art_pre, art_head, im, GFL_GATE_SCORE - GFL_SCORE_MARGIN)
+                          for im in images])
+
+
 @dataclass
 class OutputFidelity:
     """Agreement of one output tensor over all samples."""

@@ -43,6 +43,13 @@ class Board:
     runtime: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    @property
+    def det_size(self) -> tuple[int, int] | None:
+        """The detector's network input (h, w) on this board (``det.input_size``; ONNX detectors are
+        re-targeted to it, converters/onnx_resize.py), or None: the model's own size ("model")."""
+        ds = self.det.get("input_size", "model")
+        return None if ds == "model" else (int(ds[0]), int(ds[1]))
+
     def to_dict(self) -> dict[str, Any]:
         return dict(self.raw)
 
@@ -88,6 +95,10 @@ def load_board(name_or_path: str | Path) -> Board:
     _check(isinstance(mp, int) and not isinstance(mp, bool) and mp >= 1, p,
            "max_image_pixels must be an integer >= 1")
     _check(raw["index"].get("bits", 256) % 64 == 0, p, "index.bits must be a multiple of 64")
+    ds = raw["det"].get("input_size", "model")
+    _check(ds == "model" or (isinstance(ds, list) and len(ds) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in ds)), p,
+        'det.input_size must be "model" (the detector\'s own size) or [h, w] (positive integers)')
     _check_runtime(raw.get("runtime"), backend, p)
     return Board(name=raw["name"], description=raw["description"], arch=raw["arch"], backend=backend,
                  precision=raw["precision"], threads=raw["threads"], artifacts=tuple(raw["artifacts"]),

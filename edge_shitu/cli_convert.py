@@ -88,15 +88,28 @@ def register(app: typer.Typer) -> None:
         det_preprocess: Optional[str] = typer.Option(None, "--det-preprocess", help=PRE_HELP),
         rec_preprocess: Optional[str] = typer.Option(None, "--rec-preprocess", help=PRE_HELP),
         det_classes: Optional[str] = typer.Option(None, "--det-classes", help=CLASSES_HELP),
+        det_size: Optional[str] = typer.Option(None, "--det-size", help="Detector input size, H or HxW (a multiple "
+                                               "of 32) or 'model': overrides the board's det.input_size; an ONNX "
+                                               "detector of another fixed size is re-targeted to it."),
         labels: Optional[Path] = typer.Option(None, "--labels", help="'path<TAB>label' file (default: the one in the "
                                               "gallery root, or one sub-folder per label)."),
         calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images (default: the gallery)."),
         no_prune: bool = typer.Option(False, "--no-prune", help="Skip structured pruning."),
         prune_ratio: Optional[float] = typer.Option(None, "--prune-ratio", help="Uniform pruning ratio instead of the "
                                                     "sensitivity-driven one."),
+        prune_method: str = typer.Option("sensitivity", "--prune-method", help="'sensitivity' (L1 norm under the "
+                                         "cosine --fidelity-budget) or 'reconstruct' (the extractor's inverted-"
+                                         "residual hidden channels, projections re-fitted by least squares, the "
+                                         "largest cut within --prune-recall-budget; other models fall back)."),
+        prune_recall_budget: float = typer.Option(1.0, "--prune-recall-budget", min=0.0, help="'reconstruct': "
+                                                  "recall@1 points on your gallery that pruning may cost."),
         budget: float = typer.Option(0.99, "--fidelity-budget", help="Pruning keeps the mean cosine vs FP32 >= this."),
         allow_degraded: bool = typer.Option(False, "--allow-degraded", help="Keep artifacts that miss their fidelity "
                                             "threshold (with a warning) instead of failing."),
+        bias_correction: bool = typer.Option(True, "--bias-correction/--no-bias-correction", help="Extractor int8 "
+                                             "TFLite: also make a twin with each conv's bias corrected by its "
+                                             "measured mean error (layer by layer), verify both, keep the one closer "
+                                             "to FP32 (about 100 s more on 2 cores)."),
         bits: Optional[int] = typer.Option(None, "--bits", help="Index code width (default: the board's)."),
         calib_images: int = typer.Option(32, "--calib-images", min=1, help="How many photos calibrate int8 PTQ."),
         verify_images: int = typer.Option(16, "--verify-images", min=1, help="How many held-out photos every "
@@ -129,6 +142,12 @@ def register(app: typer.Typer) -> None:
         load_board(board)  # a wrong board name fails before anything heavy
         if gallery_features not in ("reference", "artifact"):
             raise EdgeShituError(f"--gallery-features {gallery_features}: use 'reference' or 'artifact'")
+        if prune_method not in ("sensitivity", "reconstruct"):
+            raise EdgeShituError(f"--prune-method {prune_method}: use 'sensitivity' or 'reconstruct'")
+        if det_size is not None:  # a malformed size fails before anything heavy
+            from edge_shitu.converters.onnx_resize import detector_size
+
+            detector_size(load_board(board), det_size)
         _need_stack()
         from edge_shitu import convert as run
 
@@ -136,11 +155,13 @@ def register(app: typer.Typer) -> None:
         total = count_stages(b.artifacts, not no_prune, models=2 if det else 1, gallery=True)
         with _progress(not json_out, total) as say:
             manifest = run(rec, gallery, board, out, det=det, labels=labels, progress=say, prune=not no_prune,
-                           prune_ratio=prune_ratio, fidelity_budget=budget, calib_dir=calib,
-                           allow_degraded=allow_degraded, bits=bits, n_calib=calib_images, n_verify=verify_images,
+                           prune_ratio=prune_ratio, prune_method=prune_method,
+                           prune_recall_budget=prune_recall_budget, fidelity_budget=budget, calib_dir=calib,
+                           allow_degraded=allow_degraded, bias_correction=bias_correction, bits=bits,
+                           n_calib=calib_images, n_verify=verify_images,
                            n_agree=agree_images, gallery_features=gallery_features, det_preprocess=det_preprocess,
                            recall_budget=recall_budget, recall_sample=recall_sample,
-                           rec_preprocess=rec_preprocess, det_classes=det_classes)
+                           rec_preprocess=rec_preprocess, det_classes=det_classes, det_size=det_size)
         if json_out:
             typer.echo(json.dumps(manifest, ensure_ascii=False, indent=1))
         else:
@@ -156,6 +177,8 @@ def register(app: typer.Typer) -> None:
                                            "extractor); default: recognised from the model's interface."),
         preprocess: Optional[str] = typer.Option(None, "--preprocess", help=PRE_HELP),
         det_classes: Optional[str] = typer.Option(None, "--det-classes", help=CLASSES_HELP),
+        det_size: Optional[str] = typer.Option(None, "--det-size", help="Detector input size, H or HxW or 'model' "
+                                               "(default: the board's det.input_size); as for 'convert'."),
         calib: Path = typer.Option(..., "--calib", help="Folder of calibration images."),
         out: Path = typer.Option(..., "--out", "-o", help="Folder for the artifacts."),
         board: str = typer.Option("x86-64", "--board", help="Which artifacts to emit (a board's list)."),
@@ -182,6 +205,10 @@ def register(app: typer.Typer) -> None:
         if kind is None:
             raise EdgeShituError(f"{model}: cannot tell a detector from an extractor ({info.kind_reason}): pass --kind")
         b = load_board(board)
+        if kind == "det":  # a malformed --det-size fails before anything heavy
+            from edge_shitu.converters.onnx_resize import detector_at_size, detector_size, record_native_size_recall
+
+            detector_size(b, det_size)
         _need_stack()
         import tempfile
 
@@ -197,7 +224,11 @@ def register(app: typer.Typer) -> None:
             images = load_calib_dir(calib, say)
             cal, ver = split_images(images, opts.n_calib, opts.n_verify)
             with tempfile.TemporaryDirectory(prefix="edge-shitu-") as work, atomic_dir(out) as root:
-                result = run(model, kind, cal, ver, b.artifacts, root / kind, Path(work), opts, say)
+                src, sizes = detector_at_size(model, b, det_size, Path(work), opts.warnings, say) if kind == "det" \
+                    else (model, None)
+                result = run(src, kind, cal, ver, b.artifacts, root / kind, Path(work), opts, say)
+                if sizes is not None:  # the board's size vs the model's own (informational)
+                    record_native_size_recall(result, sizes, ver, say)
                 (root / "artifacts.json").write_text(json.dumps(result.entries, indent=1, ensure_ascii=False))
         if json_out:
             typer.echo(json.dumps(result.entries, ensure_ascii=False, indent=1))

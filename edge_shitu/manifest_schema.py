@@ -422,6 +422,7 @@ MANIFEST = Obj({
         "preprocess": Key(DET_PREPROCESS, required=True),
         "postprocess": Key(Obj()),
         "artifacts": Key(ListOf(ARTIFACT, min_len=1), required=True),
+        "input_size": Key(SIZE2),  # (h, w) the artifacts take: the board's det.input_size or the model's own
     }), nullable=True),
     "rec": Key(Obj({
         "preprocess": Key(REC_PREPROCESS, required=True),
