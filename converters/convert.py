@@ -423,7 +423,7 @@ def _gate_task(entry: dict[str, Any], figures: Any, opts: ConvertOptions) -> Non
     msg = (f"rec {entry['kind']}: leave-one-out recall@1 {100 * figures.recall_at_1:.2f}% is "
            f"{figures.drop_points:.2f} points below FP32 float search ({100 * figures.reference_recall_at_1:.2f}%) "
            f"on {figures.queries} gallery queries ({figures.search}); the budget is {figures.budget_points} "
-           "(--recall-budget)")
+           f"(--recall-budget; at least one query, {figures.resolution_points} points, unless 0)")
     if not opts.allow_degraded:
         raise EdgeShituError(msg + "; no bundle was written (--allow-degraded keeps it with a warning)")
     opts.warnings.append(msg + ", kept because of --allow-degraded")

@@ -207,7 +207,7 @@ def _refined_int8(converter: Any, representative_dataset: Any,
     return data, "; ".join([mode, *notes]), [o for o, _ in block], calibrated
 
 
-BIAS_CORRECTION_IMAGES = 16  # calibration images the biases are measured on (each layer runs them all)
+BIAS_CORRECTION_IMAGES = 8  # calibration images the biases are measured on (each layer runs them all; 16: +0.0003)
 
 
 def _bias_corrected_twin(data: bytes, calibrated: bytes, representative_dataset: Any, work: Path) -> dict[str, Any]:

@@ -63,11 +63,22 @@ class TaskFigures:
     search: str
 
     @property
+    def resolution_points(self) -> float:
+        """One query's worth of recall: a drop measured on these queries moves in these steps."""
+        return round(100.0 / self.queries, 4) if self.queries else 0.0
+
+    @property
+    def allowed_points(self) -> float:
+        """The budget, but never finer than one query: on 60 queries a 1-point budget would demand
+        that not one query change (a coin flip, not a measurement). A zero budget stays zero."""
+        return max(self.budget_points, self.resolution_points) if self.budget_points > 0 else 0.0
+
+    @property
     def passed(self) -> bool:
-        return bool(self.drop_points <= self.budget_points + 1e-9)
+        return bool(self.drop_points <= self.allowed_points + 1e-9)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
+        return {**asdict(self), "resolution_points": self.resolution_points, "passed": self.passed}
 
 
 class TaskGate:

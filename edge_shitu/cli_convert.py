@@ -109,7 +109,7 @@ def register(app: typer.Typer) -> None:
         bias_correction: bool = typer.Option(True, "--bias-correction/--no-bias-correction", help="Extractor int8 "
                                              "TFLite: also make a twin with each conv's bias corrected by its "
                                              "measured mean error (layer by layer), verify both, keep the one closer "
-                                             "to FP32 (about 100 s more on 2 cores)."),
+                                             "to FP32 (about 50 s more for MobileNetV2 on 2 cores)."),
         bits: Optional[int] = typer.Option(None, "--bits", help="Index code width (default: the board's)."),
         calib_images: int = typer.Option(32, "--calib-images", min=1, help="How many photos calibrate int8 PTQ."),
         verify_images: int = typer.Option(16, "--verify-images", min=1, help="How many held-out photos every "
@@ -121,7 +121,8 @@ def register(app: typer.Typer) -> None:
                                             "leave-one-out recall@1 on your gallery an extractor artifact may "
                                             "lose against FP32 float search, searched as the board searches "
                                             "(hash index, re-rank). This is the extractor's gate; cosine is only "
-                                            "a sanity floor."),
+                                            "a sanity floor. Never finer than one query (100/queries points) "
+                                            "unless 0."),
         recall_sample: int = typer.Option(2000, "--recall-sample", min=20, help="At most this many gallery photos "
                                           "(whole labels, seeded) are embedded per artifact for the recall gate."),
         gallery_features: str = typer.Option(

@@ -257,7 +257,7 @@ def test_real_weights_extractor_bundle(tmp_path: Path) -> None:
     # the bias-corrected twin (int8_bias.py): every conv's bias measured, kept only where it measures better
     bc = arts["tflite:int8"]["details"]["bias_correction"]
     print(f"bias correction: {bc}")
-    assert bc["layers"] >= 45 and bc["images"] == 16
+    assert bc["layers"] >= 45 and bc["images"] == 8
     assert bc["kept"] == (bc["cosine_mean_corrected"] > bc["cosine_mean_plain"])
     assert f["cosine_mean"] == pytest.approx(max(bc["cosine_mean_corrected"], bc["cosine_mean_plain"]), abs=1e-5)
     assert ("biases corrected" in arts["tflite:int8"]["details"]["int8_mode"]) == bc["kept"]
@@ -269,8 +269,8 @@ def test_real_weights_extractor_bundle(tmp_path: Path) -> None:
     assert m["rec"]["reference"]["bytes"] / arts["tflite:int8"]["bytes"] >= 3.0
     assert "recall@1" in (out / "report.md").read_text(encoding="utf-8")
     if t["drop_points"] > 0:  # a budget the int8 artifact misses: one line naming the recall, nothing written
-        shutil.rmtree(out)
-        err = _one_line_error(cli(*args, "--recall-budget", str(t["drop_points"] / 2)))
+        shutil.rmtree(out)  # (a budget finer than one query counts as one query: only 0 demands no change at all)
+        err = _one_line_error(cli(*args, "--recall-budget", "0"))
         assert "tflite:int8" in err and "recall@1" in err and "--recall-budget" in err
         _no_leftovers(out)
 

@@ -36,6 +36,19 @@ def test_noisy_queries_fail_the_budget() -> None:
     assert fig.recall_at_1 < fig.reference_recall_at_1
 
 
+def test_a_budget_is_never_finer_than_one_query_unless_zero() -> None:
+    from edge_shitu.converters.task_gate import TaskFigures
+
+    def fig(drop: float, budget: float, queries: int) -> TaskFigures:
+        return TaskFigures(0.9, 0.9 + drop / 100, drop, budget, queries, queries, "itq")
+
+    one_of_60 = round(100 / 60, 4)
+    assert fig(one_of_60, 1.0, 60).passed and fig(one_of_60, 1.0, 60).to_dict()["resolution_points"] == one_of_60
+    assert not fig(2 * one_of_60, 1.0, 60).passed  # two queries are a measurement
+    assert not fig(one_of_60, 0.0, 60).passed  # a zero budget demands no change at all
+    assert not fig(1.5, 1.0, 1000).passed  # large galleries: the budget as given
+
+
 def test_sample_keeps_whole_labels_and_small_galleries_whole() -> None:
     _, labels = _clusters(n_labels=300, per=5)
     assert len(sample_rows(labels, 2000)) == 1500  # small enough: every photo
