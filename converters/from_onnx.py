@@ -31,6 +31,7 @@ from typing import Any, Optional
 import numpy as np
 
 from edge_shitu.assets import PROJECT_ROOT
+from edge_shitu.atomic import atomic_write
 from edge_shitu.errors import EdgeShituError
 
 X2PADDLE_DIR_ENV = "EDGE_SHITU_X2PADDLE_DIR"
@@ -193,12 +194,8 @@ def rgb_input_for_bgr_model(src: os.PathLike[str] | str, dst: os.PathLike[str] |
     m.graph.node.insert(0, helper.make_node("Gather", [img.name, idx.name], [flipped], axis=axis,
                                             name=f"{img.name}__rgb_to_bgr"))
     out = Path(dst)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        onnx.save(m, str(tmp))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(out) as f:
+        f.write(m.SerializeToString())  # onnx.save wants a named file; the bytes are the same
     return out
 
 

@@ -46,6 +46,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from edge_shitu.atomic import atomic_write
 from edge_shitu.errors import EdgeShituError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -454,13 +455,8 @@ def retarget_onnx(src: PathLike, size: Sequence[int], dst: Optional[PathLike] = 
     out = None
     if dst is not None:
         out = Path(dst)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        try:
-            onnx.save(new, str(tmp))
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_write(out) as f:
+            f.write(new.SerializeToString())  # onnx.save wants a named file; the bytes are the same
     return Retarget(out, old_size, (h, w), rewritten)
 
 

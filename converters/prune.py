@@ -68,8 +68,25 @@ class LayerSensitivity:
     saved: dict[float, int] = field(default_factory=dict)  # ratio -> MACs saved (whole model)
 
 
+class Reductions:
+    """The shares of MACs and parameters a pruning report's before/after counts removed."""
+
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+
+    @property
+    def macs_reduction(self) -> float:
+        return 1.0 - self.macs_after / self.macs_before if self.macs_before else 0.0
+
+    @property
+    def params_reduction(self) -> float:
+        return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
+
+
 @dataclass
-class PruneReport:
+class PruneReport(Reductions):
     out_dir: Path
     mode: str  # "sensitivity" | "uniform" | "none"
     metric: str
@@ -98,13 +115,6 @@ class PruneReport:
                 "ratios": {k: round(float(v), 4) for k, v in self.ratios.items()},
                 "skipped": len(self.skipped), "seconds": round(self.seconds, 1)}
 
-    @property
-    def macs_reduction(self) -> float:
-        return 1.0 - self.macs_after / self.macs_before if self.macs_before else 0.0
-
-    @property
-    def params_reduction(self) -> float:
-        return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
 
 
 # ----------------------------------------------------------------------------- PaddleSlim glue

@@ -61,6 +61,7 @@ import numpy as np
 from edge_shitu.errors import EdgeShituError
 
 from .paddle_model import PaddleModel, _paddle, count_flops, count_params, load_model, mean_row_cosine, save_model
+from .prune import Reductions
 
 _log = logging.getLogger("edge_shitu.prune_reconstruct")
 ACTIVATIONS = frozenset({"relu6", "relu", "hard_swish", "swish", "silu", "leaky_relu"})
@@ -99,7 +100,7 @@ class Block:
 
 
 @dataclass
-class ReconstructReport:
+class ReconstructReport(Reductions):
     out_dir: Path
     allocation: str  # "obs" | "uniform"
     reconstructed: bool
@@ -115,13 +116,6 @@ class ReconstructReport:
     recall_budget: float | None = None
     seconds: float = 0.0
 
-    @property
-    def macs_reduction(self) -> float:
-        return 1.0 - self.macs_after / self.macs_before if self.macs_before else 0.0
-
-    @property
-    def params_reduction(self) -> float:
-        return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's ``pruning`` entry."""
