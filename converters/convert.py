@@ -64,6 +64,10 @@ class ConvertOptions:
     # extractors' int8 TFLite: a bias-corrected twin (converters/int8_bias.py) is made, verified
     # beside the plain file and kept only where its cosine to FP32 measures higher
     bias_correction: bool = True
+    # raw-GFL detectors' int8 TFLite that miss the box gate: try a ladder of mixed-precision files
+    # (converters/int8_mixed.py) before 16x8. Opt-in: on PicoDet-S COCO none passes (the error is
+    # spread over the backbone) and the ladder adds ~2 min to the conversion (docs/benchmarks.md)
+    mixed_precision: bool = False
     latency_threads: tuple[int, ...] = (1, 2)
     latency_runs: int = 15
     bits: int | None = None
@@ -212,7 +216,8 @@ def _gate(art: Any, precision: str, stage: str, opts: ConvertOptions) -> dict[st
 
 
 DETAIL_KEYS = ("int8_mode", "float_ops", "converter", "calibration_samples", "head", "cut_before_nms", "verified_by",
-               "route", "x86_twin_fidelity", "program_fixes", "onnx_rewrites", "bias_correction")
+               "route", "x86_twin_fidelity", "program_fixes", "onnx_rewrites", "bias_correction",
+               "mixed_precision")
 
 
 def _details(art: Any) -> dict[str, Any]:
@@ -316,7 +321,7 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
                                                                                 "mse_ranges": True,
                                                                                 "bias_correction": opts.bias_correction}
     if prepared.head is not None:  # a raw GFL head: no NMS in the graph, nothing to cut; gated on its boxes
-        options = {"gfl_head": prepared.head}
+        options = {"gfl_head": prepared.head, "mixed_precision": opts.mixed_precision}
     sources: dict[str, Path] = {"paddle": pruned_dir}
     if prepared.onnx is not None and pruned_dir == model_dir:  # TFLite straight from the user's ONNX
         sources["onnx"] = prepared.onnx

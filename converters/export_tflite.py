@@ -23,6 +23,10 @@ Every onnx2tf trap met with the pinned toolchain (docs/toolchain.md) is handled 
   quantizer with ``denylisted_nodes``).
 - extractors get MSE-optimal activation ranges instead of TF's min/max (``int8_ranges``): cosine
   0.981 -> 0.988 on MobileNetV2. Detectors keep min/max: no real-weight detector to measure it on.
+- a raw-GFL detector whose all-int8 file misses its box gate can get (opt-in) a ladder of mixed-precision
+  int8 files (``int8_mixed``: the k activation tensors with the worst per-channel int8 noise
+  kept float, k = 1 .. 256), verified fewest-float-first; 16x8 (reference kernels, slower than
+  fp32) only when none passes. PicoDet-S COCO: none passes (its error is spread over the backbone).
 - onnx2tf/TF keep global state between conversions and take seconds to import: the whole
   conversion runs in one child process per ONNX file.
 """
@@ -123,10 +127,51 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
         out = work / "model_int8.tflite"
         out.write_bytes(data)
         result["int8"] = str(out)
+        if job.get("mixed_int8"):  # the rung between int8 and 16x8, used only when int8 misses the gate
+            result.update(_mixed_ladder(converter, representative_dataset, work))
         if job.get("a16w8"):  # the next rung, used only when int8 activations miss the gate
             result["int8_a16w8"] = str(_a16w8(work / "saved_model" / f"{stem}_float32.tflite",
                                                representative_dataset, work / "model_a16w8.tflite"))
     return result
+
+
+MIXED_RANGE_IMAGES = 8  # calibration images the ladder's MSE ranges are fitted on (all 16: same ranking, 2x time)
+
+
+def _mixed_ladder(converter: Any, representative_dataset: Any, work: Path) -> dict[str, Any]:
+    """The mixed-precision candidates (``int8_mixed``): one calibration, its min/max ranges and
+    MSE ranges (PicoDet-S: all-int8 box recall 0.37 -> 0.53, better at small k; min/max is better
+    at large k), a ladder from each, and per k the candidate with the lower raw-output error
+    (``best_of``), fewest float layers first. Any failure leaves no candidate and says why (the
+    16x8 rung still stands)."""
+    import tensorflow as tf
+
+    from edge_shitu.converters.int8_mixed import RANK_IMAGES, RANKED_BY, best_of, ladder
+    from edge_shitu.converters.int8_ranges import refine_ranges
+
+    try:
+        c = converter([tf.lite.OpsSet.TFLITE_BUILTINS_INT8])
+        c._experimental_calibrate_only = True
+        calibrated = c.convert()
+        images = list(_first_input(representative_dataset()))
+        mse, _ = refine_ranges(calibrated, images[:MIXED_RANGE_IMAGES])
+        ladders, bases = {}, {}
+        for label, model in (("min/max ranges", calibrated), ("MSE ranges", mse)):
+            ladders[label], _, bases[label] = ladder(model, images[:RANK_IMAGES])
+        chosen = best_of(ladders)
+    except Exception as e:  # an optional rung: the manifest says why there is none
+        return {"int8_mixed_error": f"{type(e).__name__}: {str(e)[:160]}"}
+    out = []
+    for label, cand in chosen:
+        f = work / f"model_int8_mixed_{cand.k}.tflite"
+        f.write_bytes(cand.model)
+        out.append({"file": str(f), "k": cand.k, "ranges": label, "tensors": cand.tensors,
+                    "float_layers": cand.float_nodes, "float_op_types": cand.float_types,
+                    "output_error": round(cand.output_error, 5)})
+    return {"int8_mixed": out,
+            "int8_mixed_ranked_by": f"{RANKED_BY}; per k, min/max or MSE ranges, whichever gives the lower raw-output "
+                                    f"error ({min(len(images), RANK_IMAGES)} calibration images)",
+            "int8_mixed_base_error": {k: round(v, 5) for k, v in bases.items()}}
 
 
 A16W8 = "16x8: int16 activations, int8 weights (TFLite reference kernels), float32 input/output"
@@ -338,6 +383,7 @@ def to_tflite(
     mse_ranges: bool = False,
     gfl_head: Optional[Mapping[str, Any]] = None,
     bias_correction: bool = False,
+    mixed_precision: bool = False,
     on_fail: str = "raise",
 ) -> dict[str, Artifact]:
     """Convert an fp32 ONNX file to ``out_dir/{name}_{fp32,fp16,int8}.tflite``.
@@ -355,8 +401,10 @@ def to_tflite(
     (``int8_bias``) is verified beside the plain int8 file and replaces it when its cosine to the
     reference is higher and it passes the same gate (same size: only int32 biases differ).
     ``gfl_head`` (a raw-GFL-head detector: the manifest's head dict): every precision is gated on
-    its decoded boxes against the reference's, and int8 falls back to 16x8 (int16 activations,
-    int8 weights) when int8 activations miss that gate.
+    its decoded boxes against the reference's; when int8 activations miss that gate the int8 file
+    is replaced (``mixed_precision``, opt-in) by the first mixed-precision candidate that passes
+    it (``int8_mixed``: the fewest activation tensors kept float, ``details["mixed_precision"]``),
+    else by 16x8 (int16 activations, int8 weights).
     Returns {precision: Artifact}. ``on_fail="raise"`` (default) writes nothing when any
     precision misses its gate; ``"skip"`` writes the ones that pass and returns the others with
     ``path=""`` and ``details["rejected"]`` (so a pipeline can fall back, e.g. to fp32).
@@ -406,6 +454,7 @@ def to_tflite(
         job = {"work": str(work), "onnx": str(copy), "precisions": list(precisions), "calib": calib_files,
                "rtpo": ["hardswish"] if replace_hardswish else [], "float_pooling": float_pooling,
                "mse_ranges": mse_ranges, "a16w8": gfl_head is not None and "int8" in precisions,
+               "mixed_int8": mixed_precision and gfl_head is not None and "int8" in precisions,
                "bias_correction": bias_correction}
         logs: list[str] = []
         produced = run_worker("edge_shitu.converters.export_tflite", job, timeout=CONVERT_TIMEOUT_S, env=env,
@@ -439,6 +488,10 @@ def to_tflite(
             if p == "int8" and produced.get("int8_bias_corrected"):
                 _take_bias_corrected(produced, fidelities, rejected, reference, verify_feeds, th, head, cut_dir,
                                      gfl_head)
+            if p == "int8" and (produced.get("int8_mixed") or produced.get("int8_mixed_error")) \
+                    and not _passes(fidelities[p], thresholds_for(p, gfl_head)):
+                _take_mixed(produced, fidelities, rejected, reference, verify_feeds, thresholds_for(p, gfl_head),
+                            gfl_head)
             if p == "int8" and produced.get("int8_a16w8") and not _passes(fidelities[p], thresholds_for(p, gfl_head)):
                 # the 16x8 rung (same weight size, int16 activations), taken when it passes the
                 # default gate that int8 activations missed (--allow-degraded or not)
@@ -485,6 +538,8 @@ def to_tflite(
                 details["calibration_samples"] = n_calib
                 if produced.get("float_ops"):
                     details["float_ops"] = produced["float_ops"]
+                if produced.get("mixed_precision"):
+                    details["mixed_precision"] = produced["mixed_precision"]
             if gfl_head is not None:
                 details["gfl_head"] = dict(gfl_head)  # gated on its boxes (verify.thresholds_for)
             if head is not None:
@@ -521,6 +576,46 @@ def _take_bias_corrected(produced: dict[str, Any], fidelities: dict[str, Any], r
         rejected.pop("int8", None)
 
 
+def _take_mixed(produced: dict[str, Any], fidelities: dict[str, Any], rejected: dict[str, str], reference: Any,
+                verify_feeds: Sequence[Feeds], gate: Mapping[str, float], gfl_head: Optional[Mapping[str, Any]]
+                ) -> None:
+    """The mixed-precision rung: verify the candidates fewest-float-layers first, take the first
+    that passes ``gate`` (the default gate int8 activations missed). ``produced["mixed_precision"]``
+    records what was tried either way (when none passes, the 16x8 rung comes next)."""
+    why = _fidelity_line(fidelities.get("int8"))
+    tried: list[dict[str, Any]] = []
+    record: dict[str, Any] = {"ranked_by": produced.get("int8_mixed_ranked_by", ""), "candidates_tried": tried,
+                              "float_layers": [], "chosen": None}
+    if produced.get("int8_mixed_error"):
+        record["error"] = produced["int8_mixed_error"]
+    if produced.get("int8_mixed_base_error"):
+        record["all_int8_output_error"] = produced["int8_mixed_base_error"]
+    produced["mixed_precision"] = record
+    for cand in produced.get("int8_mixed") or []:
+        n = len(cand["float_layers"])
+        row = {"k": cand["k"], "float_layers": n, "ranges": cand.get("ranges"),
+               "bytes": Path(cand["file"]).stat().st_size, "output_error": cand.get("output_error")}
+        tried.append(row)
+        try:
+            fid = verify_in_process(Path(cand["file"]), "tflite", reference, verify_feeds,
+                                    stage=f"tflite-int8 (mixed, {n} float layers)", thresholds=gate, gfl=gfl_head)
+        except EdgeShituError as e:
+            row["passed"], row["fidelity"] = False, _fidelity_line(getattr(e, "fidelity", None))
+            continue
+        row["passed"], row["fidelity"] = True, _fidelity_line(fid)
+        produced["int8"], fidelities["int8"] = cand["file"], fid
+        record.update(float_layers=list(cand["float_layers"]), float_tensors=list(cand["tensors"]), chosen=cand["k"],
+                      float_op_types=list(cand.get("float_op_types") or []), ranges=cand.get("ranges"),
+                      bytes=row["bytes"])
+        types = cand.get("float_op_types") or []
+        also = f" and every {', '.join(types)}" if types else ""
+        produced["int8_mode"] = (f"int8 with {n} layers kept float{also} (the {cand['k']} activation tensors most "
+                                 f"sensitive to int8, {cand.get('ranges', '')}), float32 input/output (all-int8 "
+                                 f"activations missed the gate: {why})")
+        rejected.pop("int8", None)
+        return
+
+
 def _passes(fid: Any, gate: Mapping[str, float]) -> bool:
     """Whether measured figures pass ``gate`` (unmeasured ones do not)."""
     from edge_shitu.converters.verify import check
@@ -548,7 +643,8 @@ def export(job: ExportJob) -> list[Artifact]:
     """The exporter contract (``converters/exporter.py``) for ``tflite:*`` kinds: every precision
     from the fp32 ONNX source in one onnx2tf child process, int8 calibrated on the image input of
     ``job.calibration``. Options: ``detector_head`` (a detector cut before NMS: the ONNX export's
-    ``details["head"]``), ``float_pooling``, ``mse_ranges``, ``bias_correction``, ``replace_hardswish``."""
+    ``details["head"]``), ``float_pooling``, ``mse_ranges``, ``bias_correction``, ``mixed_precision``,
+    ``replace_hardswish``."""
     precisions = [artifact_format(k).precision for k in job.kinds]
     calib = None
     if job.calibration:
@@ -557,7 +653,7 @@ def export(job: ExportJob) -> list[Artifact]:
     job.progress(f"{job.model}: TFLite {', '.join(precisions)} (onnx2tf, int8 calibrated on "
                  f"{len(job.calibration or [])} images)")
     opts = {k: job.options[k] for k in ("detector_head", "float_pooling", "mse_ranges", "replace_hardswish", "gfl_head",
-                                        "bias_correction")
+                                        "bias_correction", "mixed_precision")
             if k in job.options}
     arts = to_tflite(job.source_for(job.kinds[0]), job.out_dir, name=job.model, precisions=precisions,
                      calibration=calib, verify_feeds=job.verify_feeds, reference=job.reference,

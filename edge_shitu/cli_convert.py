@@ -110,6 +110,10 @@ def register(app: typer.Typer) -> None:
                                              "TFLite: also make a twin with each conv's bias corrected by its "
                                              "measured mean error (layer by layer), verify both, keep the one closer "
                                              "to FP32 (about 50 s more for MobileNetV2 on 2 cores)."),
+        mixed_precision: bool = typer.Option(False, "--mixed-precision", help="Raw-GFL detector int8 TFLite "
+                                             "that misses its box gate: try files with the most int8-sensitive "
+                                             "layers kept float (fewest first) before the 16x8 fallback (about 2 min "
+                                             "more; PicoDet-S COCO needs 16x8 anyway: docs/model-inputs.md)."),
         bits: Optional[int] = typer.Option(None, "--bits", help="Index code width (default: the board's)."),
         calib_images: int = typer.Option(32, "--calib-images", min=1, help="How many photos calibrate int8 PTQ."),
         verify_images: int = typer.Option(16, "--verify-images", min=1, help="How many held-out photos every "
@@ -158,7 +162,8 @@ def register(app: typer.Typer) -> None:
             manifest = run(rec, gallery, board, out, det=det, labels=labels, progress=say, prune=not no_prune,
                            prune_ratio=prune_ratio, prune_method=prune_method,
                            prune_recall_budget=prune_recall_budget, fidelity_budget=budget, calib_dir=calib,
-                           allow_degraded=allow_degraded, bias_correction=bias_correction, bits=bits,
+                           allow_degraded=allow_degraded, bias_correction=bias_correction,
+                           mixed_precision=mixed_precision, bits=bits,
                            n_calib=calib_images, n_verify=verify_images,
                            n_agree=agree_images, gallery_features=gallery_features, det_preprocess=det_preprocess,
                            recall_budget=recall_budget, recall_sample=recall_sample,
@@ -185,6 +190,8 @@ def register(app: typer.Typer) -> None:
         board: str = typer.Option("x86-64", "--board", help="Which artifacts to emit (a board's list)."),
         no_prune: bool = typer.Option(False, "--no-prune", help="Skip structured pruning."),
         allow_degraded: bool = typer.Option(False, "--allow-degraded", help="Keep artifacts below threshold."),
+        mixed_precision: bool = typer.Option(False, "--mixed-precision", help="As for 'convert': a raw-GFL "
+                                             "detector's mixed-precision int8 ladder before 16x8."),
         calib_images: int = typer.Option(32, "--calib-images", min=1, help="How many photos calibrate int8 PTQ."),
         verify_images: int = typer.Option(16, "--verify-images", min=1, help="How many held-out photos every "
                                           "artifact is compared with the FP32 reference on."),
@@ -217,7 +224,8 @@ def register(app: typer.Typer) -> None:
         from edge_shitu.converters.convert import ConvertOptions, check_input, load_calib_dir, split_images
         from edge_shitu.converters.convert import convert_model as run
 
-        opts = ConvertOptions(prune=not no_prune, allow_degraded=allow_degraded, n_calib=calib_images,
+        opts = ConvertOptions(prune=not no_prune, allow_degraded=allow_degraded, mixed_precision=mixed_precision,
+                              n_calib=calib_images,
                               n_verify=verify_images, preprocess={kind: preprocess} if preprocess else {},
                               det_classes=det_classes)
         check_input(model, kind, opts)  # a model of the wrong kind fails before any photo is decoded
