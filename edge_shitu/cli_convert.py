@@ -192,6 +192,8 @@ def register(app: typer.Typer) -> None:
         allow_degraded: bool = typer.Option(False, "--allow-degraded", help="Keep artifacts below threshold."),
         mixed_precision: bool = typer.Option(False, "--mixed-precision", help="As for 'convert': a raw-GFL "
                                              "detector's mixed-precision int8 ladder before 16x8."),
+        bias_correction: bool = typer.Option(True, "--bias-correction/--no-bias-correction", help="As for "
+                                             "'convert': an extractor's int8 TFLite twin with corrected biases."),
         calib_images: int = typer.Option(32, "--calib-images", min=1, help="How many photos calibrate int8 PTQ."),
         verify_images: int = typer.Option(16, "--verify-images", min=1, help="How many held-out photos every "
                                           "artifact is compared with the FP32 reference on."),
@@ -225,7 +227,7 @@ def register(app: typer.Typer) -> None:
         from edge_shitu.converters.convert import convert_model as run
 
         opts = ConvertOptions(prune=not no_prune, allow_degraded=allow_degraded, mixed_precision=mixed_precision,
-                              n_calib=calib_images,
+                              bias_correction=bias_correction, n_calib=calib_images,
                               n_verify=verify_images, preprocess={kind: preprocess} if preprocess else {},
                               det_classes=det_classes)
         check_input(model, kind, opts)  # a model of the wrong kind fails before any photo is decoded

@@ -183,7 +183,8 @@ def test_gate_failure_names_stage_and_leaves_nothing(tmp_path: Path, synth_model
     board = _board(tmp_path, "x86-64", ["tflite:int8"])
     out = tmp_path / "bundle"
     err = _one_line_error(cli("convert", "--rec", str(synth_models["rec"]), "--gallery", str(gal), "--board",
-                              str(board), "--no-prune", "--calib-images", "4", "--verify-images", "4", "-o", str(out)))
+                              str(board), "--no-prune", "--no-bias-correction", "--calib-images", "4",
+                              "--verify-images", "4", "-o", str(out)))
     assert "tflite-int8" in err and "cosine mean" in err and "< 0.995" in err
     _no_leftovers(out)
 
@@ -291,7 +292,7 @@ def test_convert_model_v2_extractor_every_stage(tmp_path: Path) -> None:
     board = _board(tmp_path, "x86-64", ["tflite:int8", "tflite:fp32", "nb:x86:fp32", "nb:arm:int8"])
     out = tmp_path / "out"
     proc = cli("convert-model", str(rec), "--kind", "rec", "--calib", str(gal), "--board", str(board),
-               "--allow-degraded", "--json", "-o", str(out))
+               "--allow-degraded", "--no-bias-correction", "--json", "-o", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     entries = {e["kind"]: e for e in json.loads(proc.stdout)}
     assert set(entries) == {"tflite:int8", "tflite:fp32", "nb:x86:fp32", "nb:arm:int8"}

@@ -81,7 +81,7 @@ def onnx_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     manifest = convert(rec=require_asset(*OSNET), det=require_asset(*PICODET), gallery=gallery, board="rpi4",
                        out=out, calib_dir=require_asset("drink", "test_images"), n_calib=8, n_verify=4,
                        n_agree=24, prune=False, det_classes="agnostic", latency_runs=3, latency_threads=(1,),
-                       allow_degraded=True, progress=lambda m: None)
+                       allow_degraded=True, bias_correction=False, progress=lambda m: None)
     return out, manifest
 
 
@@ -215,7 +215,7 @@ def test_pir_model_through_convert_model(tmp_path: Path) -> None:
     out = tmp_path / "textline"
     r = _cli("convert-model", str(require_asset(*PIR)), "--calib", str(require_asset("drink", "test_images")),
              "--board", "rpi4", "--no-prune", "--calib-images", "8", "--verify-images", "4", "--allow-degraded",
-             "-o", str(out), "--json", cwd=tmp_path)
+             "--no-bias-correction", "-o", str(out), "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     entries = json.loads((out / "artifacts.json").read_text())
     fp32 = next(e for e in entries if e["kind"] == "tflite:fp32")
