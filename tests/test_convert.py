@@ -9,23 +9,22 @@ Integration tier:
   real drink photos with one corrupt file; the bundle's manifest, checksums, index and report;
 - the gate: an artifact below threshold stops the run, names the stage and the figure, and no
   bundle (nor a temporary one) is left;
-- REAL weights (torchvision MobileNetV2 ported to Paddle) on real drink photos: the int8 TFLite
-  extractor passes the product gates (cosine >= 0.995, top-1 neighbour agreement >= 0.97) and is
-  >= 3.5x smaller than the FP32 Paddle model.
+- REAL weights, converted once for the module (`demo_run`: `make demo`'s flow on 60 gallery
+  photos): PicoDet-S + MobileNetV2 for rpi4 with every gate passing; the int8 TFLite extractor's
+  task gate, refinements and size, and the demo's annotated shelf photos.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
+import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from edge_shitu.assets import SHITU_GRAPHS
-from tests.bundles import DET, DRINK_GALLERY, V1, BundleRun, _board, _gallery, _no_leftovers, _one_line_error, cli
+from tests.bundles import DET, V1, BundleRun, _board, _gallery, _no_leftovers, _one_line_error, cli
 from tests.conftest import require_asset
 
 
@@ -137,6 +136,9 @@ def test_convert_det_rec_arm_bundle(rpi4_bundle: BundleRun, synth_models: dict[s
     assert index.info()["meta"]["extractor_artifact"] == "rec_int8.tflite"  # --gallery-features artifact
     # the board re-ranks (index.rerank 50): the index carries int8 features for it (format 1.1)
     assert m["index"]["rerank_vectors"] and index.data.vectors.shape == (14, index.dim)
+    # PP-ShiTu v1 extractor: its int8 TFLite file >= 3.5x smaller than the FP32 Paddle parameters
+    rec_int8_bytes = next(a for a in m["rec"]["artifacts"] if a["kind"] == "tflite:int8")["bytes"]
+    assert (synth["rec"] / "inference.pdiparams").stat().st_size / rec_int8_bytes >= 3.5
     rec_int8 = next(a for a in m["rec"]["artifacts"] if a["kind"] == "tflite:int8")["details"]
     print("\nPP-LCNet v1 int8 TFLite:", rec_int8["int8_mode"])  # the refinement must not have failed
     assert "MSE activation ranges" in rec_int8["int8_mode"] and rec_int8["float_ops"][-1] in ("MEAN", "AVERAGE_POOL_2D")
@@ -189,54 +191,46 @@ def test_gate_failure_names_stage_and_leaves_nothing(tmp_path: Path, synth_model
     _no_leftovers(out)
 
 
-def _paired_gallery(root: Path, n_labels: int, per_label: int) -> Path:
-    """Real drink photos, ``per_label`` of each of ``n_labels`` labels spread over the gallery:
-    leave-one-out queries for the recall gate (every photo has a same-label partner)."""
-    src = require_asset(*DRINK_GALLERY)
-    rows: dict[str, list[str]] = {}
-    for line in (src / "drink_label_all.txt").read_text(encoding="utf-8").splitlines():
-        rel, _, label = line.partition("\t")
-        rows.setdefault(label, []).append(rel)
-    labels = [lab for lab, rels in rows.items() if len(rels) >= per_label]
-    picked = [labels[i] for i in np.linspace(0, len(labels) - 1, n_labels).round().astype(int)]
-    root.mkdir(parents=True)
-    out = []
-    for lab in picked:
-        for rel in rows[lab][:per_label]:
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src / rel, root / rel)
-            out.append(f"{rel}\t{lab}")
-    (root / "labels.txt").write_text("\n".join(out) + "\n", encoding="utf-8")
-    return root
-
-
-@pytest.mark.integration
-def test_real_weights_extractor_bundle(tmp_path: Path) -> None:
-    """torchvision's ImageNet MobileNetV2 (real weights) as the extractor, real drink photos.
-
-    FP32 artifacts must be the same model. int8 PTQ of MobileNetV2 (per-tensor activations,
-    ReLU6, depthwise; GeM pooling kept float, MSE ranges) measures cosine ~0.988 vs FP32, under the
-    0.995 product gate, yet costs the user well under a recall point: with a labelled gallery the
-    extractor is gated on leave-one-out recall@1 searched as the board searches (task_gate.py), so
-    the bundle is written WITHOUT --allow-degraded, the figures in the manifest. A zero budget the
-    int8 artifact cannot meet fails in one line naming the recall, nothing written.
-    """
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """`make demo` = `edge-shitu demo-bundle`, on the first 60 gallery photos, made ONCE for this
+    module: the real PicoDet-S detector and the real MobileNetV2 extractor (torchvision's ImageNet
+    weights ported to Paddle) for rpi4, every gate passing. Both real-weights tests read it (CI
+    converts each real-weights model once per session)."""
     pytest.importorskip("paddleslim")
+    if importlib.util.find_spec("onnx2tf") is None:  # not imported: TF in this process would abort Paddle Lite later
+        pytest.skip("onnx2tf not installed")
     from edge_shitu.converters import mobilenet_v2
+    from edge_shitu.visualize import find_font
 
     try:
         mobilenet_v2.find_weights()
     except Exception as e:
         pytest.skip(f"MobileNetV2 weights not installed ({e})")
-    rec = mobilenet_v2.export_extractor(None, tmp_path / "mnv2")
-    gal = _paired_gallery(tmp_path / "g", 30, 3)
-    board = _board(tmp_path, "x86-64", ["tflite:int8", "tflite:fp32"])
-    out = tmp_path / "bundle"
-    args = ["convert", "--rec", str(rec), "--gallery", str(gal), "--board", str(board), "--no-prune",
-            "--calib-images", "24", "--verify-images", "12", "--json", "-o", str(out)]
-    proc = cli(*args)
+    require_asset("drink", "gallery")
+    require_asset("drink", "test_images")
+    if find_font(["蒙牛"]) is None:
+        pytest.skip("no CJK font installed (make demo-font)")
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    return out, cli("demo-bundle", "--limit", "60", "--out", str(out), "--json")
+
+
+@pytest.mark.integration
+def test_real_weights_extractor_bundle(demo_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    """The demo bundle's real MobileNetV2 extractor, on real drink photos.
+
+    FP32 artifacts must be the same model. int8 PTQ of MobileNetV2 (per-tensor activations,
+    ReLU6, depthwise; GeM pooling kept float, MSE ranges, corrected biases) measures cosine ~0.99
+    vs FP32, under the 0.995 product gate, yet costs the user about a recall point: with a
+    labelled gallery the extractor is gated on leave-one-out recall@1 searched as the board
+    searches (task_gate.py), so the bundle is written WITHOUT --allow-degraded, the figures in the
+    manifest. (That a budget the artifact misses fails in one line is test_task_gate.py's and
+    test_gate_failure_names_stage_and_leaves_nothing's.)
+    """
+    demo, proc = demo_run
     assert proc.returncode == 0, proc.stderr[-3000:]
-    m = json.loads(proc.stdout)
+    out = demo / "bundle"
+    m = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     arts = {a["kind"]: a for a in m["rec"]["artifacts"]}
     f, f32 = arts["tflite:int8"]["fidelity"], arts["tflite:fp32"]["fidelity"]
     t = f["task"]
@@ -244,9 +238,12 @@ def test_real_weights_extractor_bundle(tmp_path: Path) -> None:
           f"{f['top1_agreement']:.4f}, recall@1 {t['recall_at_1']:.4f} vs FP32 float {t['reference_recall_at_1']:.4f} "
           f"on {t['queries']} queries; {arts['tflite:int8']['bytes']} B vs {m['rec']['reference']['bytes']} B FP32")
     assert f32["cosine_min"] >= 0.9999 and f32["top1_agreement"] >= 0.99 and not f32.get("degraded")
-    assert t["queries"] == 90 and t["photos"] == 90 and t["passed"] and t["drop_points"] <= 1.0
+    # 60 photos, whole classes: every photo with a same-label partner is a leave-one-out query
+    assert t["queries"] == t["photos"] >= 40 and t["passed"]
+    # a budget is never finer than one query (100 / queries points) unless it is 0
+    assert t["drop_points"] <= max(t["budget_points"], t["resolution_points"]) + 1e-9
     assert "re-rank" in t["search"] and t["budget_points"] == 1.0
-    assert not f.get("degraded") and not m.get("warnings")
+    assert not f.get("degraded") and not [w for w in m.get("warnings", []) if "rec" in w]
     assert f32["task"]["drop_points"] <= 1.0
     # the GeM pooling block stays float (int8 cube sends most values to zero): measured 0.972 -> 0.981;
     # MSE activation ranges instead of min/max: 0.988
@@ -254,7 +251,7 @@ def test_real_weights_extractor_bundle(tmp_path: Path) -> None:
     # GeM's p-th root (POW, after the mean) has no int8 kernel: the only float op the check reports
     assert arts["tflite:int8"]["details"]["int8_mode"].startswith("int8 ops with float fallback (POW)")
     assert "MSE activation ranges" in arts["tflite:int8"]["details"]["int8_mode"]
-    assert 0.98 <= f["cosine_mean"] < 1.0  # a regression floor below the measured ~0.988
+    assert 0.98 <= f["cosine_mean"] < 1.0  # a regression floor below the measured ~0.99
     # the bias-corrected twin (int8_bias.py): every conv's bias measured, kept only where it measures better
     bc = arts["tflite:int8"]["details"]["bias_correction"]
     print(f"bias correction: {bc}")
@@ -269,11 +266,6 @@ def test_real_weights_extractor_bundle(tmp_path: Path) -> None:
     # 2.2 M parameters: int8 weights plus int32 biases, the float GeM head and the graph make it ~3.4x
     assert m["rec"]["reference"]["bytes"] / arts["tflite:int8"]["bytes"] >= 3.0
     assert "recall@1" in (out / "report.md").read_text(encoding="utf-8")
-    if t["drop_points"] > 0:  # a budget the int8 artifact misses: one line naming the recall, nothing written
-        shutil.rmtree(out)  # (a budget finer than one query counts as one query: only 0 demands no change at all)
-        err = _one_line_error(cli(*args, "--recall-budget", "0"))
-        assert "tflite:int8" in err and "recall@1" in err and "--recall-budget" in err
-        _no_leftovers(out)
 
 
 @pytest.mark.integration
@@ -309,25 +301,13 @@ def test_convert_model_v2_extractor_every_stage(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_readme_demo_names_products_on_shelf_photos(tmp_path: Path) -> None:
+def test_readme_demo_names_products_on_shelf_photos(demo_run: tuple[Path, subprocess.CompletedProcess],
+                                                    tmp_path: Path) -> None:
     """`make demo` = `edge-shitu demo-bundle`, here on the first 60 gallery photos: the real PicoDet-S
     detector and the real MobileNetV2 extractor converted with every gate passing (no
     --allow-degraded), the threshold chosen on held-out gallery photos, every shelf photo annotated."""
-    pytest.importorskip("paddleslim")
-    if importlib.util.find_spec("onnx2tf") is None:  # not imported: TF in this process would abort Paddle Lite later
-        pytest.skip("onnx2tf not installed")
-    from edge_shitu.converters import mobilenet_v2
-    from edge_shitu.visualize import find_font
-
-    try:
-        mobilenet_v2.find_weights()
-    except Exception as e:
-        pytest.skip(f"MobileNetV2 weights not installed ({e})")
-    require_asset("drink", "gallery")
+    _, proc = demo_run
     photos = require_asset("drink", "test_images")
-    if find_font(["蒙牛"]) is None:
-        pytest.skip("no CJK font installed (make demo-font)")
-    proc = cli("demo-bundle", "--limit", "60", "--out", str(tmp_path / "demo"), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert set(s["det"]) == {"tflite:int8", "tflite:fp32"} == set(s["rec"]) and s["gallery_items"] == 60

@@ -340,7 +340,6 @@ def test_tflite_backend_feeds_nchw_and_orders_outputs(tmp_path: Path) -> None:
 
 # ============================================================================ integration
 CLS = ("models", "real_weights", "ch_ppocr_mobile_v2_cls_infer")
-V1 = ("models", "shitu_graphs", "general_PPLCNet_x2_5_lite_v1.0_infer")
 FIGURES: dict[str, dict] = {}
 
 
@@ -437,55 +436,3 @@ def test_cls_real_weights_every_artifact(cls_models: dict) -> None:
     assert tfl["int8"].bytes < tfl["fp32"].bytes / 1.9
     arts.update({f"tflite-{p}": a for p, a in tfl.items()})
     _report("ch_ppocr_mobile_v2_cls (real weights, 200-d pooled feature)", arts, fp32, held[0], t)
-
-
-@pytest.mark.integration
-def test_shitu_v1_extractor_synth_weights(tmp_path: Path) -> None:
-    try:
-        from edge_shitu.converters.synth_weights import synthesize
-    except ImportError:
-        pytest.skip("converters/synth_weights.py has not landed yet")
-    from edge_shitu.converters.export_nb import to_nb
-    from edge_shitu.converters.export_onnx import to_onnx
-    from edge_shitu.converters.export_tflite import to_tflite
-    from edge_shitu.converters.quantize import quantize
-    from edge_shitu.preprocess import RecPreprocess
-
-    graph = require_asset(*V1)
-    t: dict[str, float] = {}
-    t0 = time.time()
-    fp32 = tmp_path / "v1"
-    synthesize(graph, fp32, seed=0)
-    t["synth"] = round(time.time() - t0, 1)
-    pre = RecPreprocess()
-    calib = [{"x": pre(im)} for im in _drink_images(16, 0)]
-    held = [{"x": pre(im)} for im in _drink_images(8, 200)]
-    arts = {}
-    t0 = time.time()
-    arts["nb-x86-fp32"] = to_nb(fp32, tmp_path / "x86.nb", "x86", verify_feeds=held)
-    arts["nb-arm-fp32"] = to_nb(fp32, tmp_path / "arm.nb", "arm", verify_feeds=held[:2])
-    t["nb"] = round(time.time() - t0, 1)
-    t0 = time.time()
-    q = quantize(fp32, tmp_path / "v1q", calib[:8]).out_dir
-    t["ptq"] = round(time.time() - t0, 1)
-    t0 = time.time()
-    # synthetic He-init weights sit at int8's noise floor (PaddleSlim's own PTQ program scores
-    # ~0.97): gate loosely here, the product gate applies to real weights
-    arts["nb-arm-int8"] = to_nb(q, tmp_path / "arm_int8.nb", "arm", int8=True, verify_feeds=held[:4],
-                                reference=fp32, thresholds={"cosine_mean": 0.9})
-    t["nb_int8"] = round(time.time() - t0, 1)
-    t0 = time.time()
-    arts["onnx-fp32"] = to_onnx(fp32, tmp_path / "v1.onnx", verify_feeds=held)
-    t["onnx"] = round(time.time() - t0, 1)
-    t0 = time.time()
-    tfl = to_tflite(tmp_path / "v1.onnx", tmp_path, name="v1", verify_feeds=held, reference=fp32,
-                    calibration=np.concatenate([c["x"] for c in calib]),
-                    thresholds={"int8": {"cosine_mean": 0.9, "cosine_min": 0.7}})  # synthetic: floors only
-    t["tflite"] = round(time.time() - t0, 1)
-    arts.update({f"tflite-{p}": a for p, a in tfl.items()})
-    for k in ("nb-x86-fp32", "onnx-fp32", "tflite-fp32"):
-        assert arts[k].fidelity.cosine_min >= 0.9999, k
-    assert arts["tflite-fp16"].fidelity.cosine_min >= 0.999
-    src_bytes = (fp32 / "inference.pdiparams").stat().st_size
-    assert src_bytes / tfl["int8"].bytes >= 3.5
-    _report("PP-ShiTu v1 extractor (synthetic weights)", arts, fp32, held[0], t)
