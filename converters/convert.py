@@ -322,6 +322,10 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
                                                                                 "bias_correction": opts.bias_correction}
     if prepared.head is not None:  # a raw GFL head: no NMS in the graph, nothing to cut; gated on its boxes
         options = {"gfl_head": prepared.head, "mixed_precision": opts.mixed_precision}
+    # an extractor's .nb int8 that misses its gate: a mixed-precision ladder (converters/nb_mixed.py)
+    # instead of failing; not under --allow-degraded (the plain file is kept, CI time stays flat)
+    options["nb_mixed"] = not opts.allow_degraded
+    options["ptq"] = {} if prepared.legacy else {"batch_size": 1}  # PTQ as below, for its re-runs
     sources: dict[str, Path] = {"paddle": pruned_dir}
     if prepared.onnx is not None and pruned_dir == model_dir:  # TFLite straight from the user's ONNX
         sources["onnx"] = prepared.onnx
@@ -340,7 +344,7 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
             from edge_shitu.converters import quantize
 
             # x2paddle's programs are batch-1 (fixed reshapes): calibrate image by image
-            qkw: dict[str, Any] = {} if prepared.legacy else {"batch_size": 1}
+            qkw: dict[str, Any] = dict(options["ptq"])
             sources[source] = Path(quantize.quantize_in_subprocess(pruned_dir, work / f"{kind}_int8", calib,
                                                                    **qkw).out_dir)
         else:  # an intermediate export (the fp32 or pruned ONNX; never PaddleSlim's QDQ ONNX)

@@ -481,12 +481,90 @@ def export(job: ExportJob) -> list[Artifact]:
         dest = job.dest(kind)
         twin = (Path(job.work_dir) / f"{dest.stem}_x86twin.nb"
                 if fmt.cpu == "arm" and job.work_dir is not None else None)
-        art = to_nb(job.source_for(kind), dest, target=fmt.cpu or "", int8=fmt.precision == "int8",
-                    verify_feeds=job.verify_feeds, reference=job.reference, thresholds=job.gate_for(fmt.precision),
-                    twin_out=twin)
+        try:
+            art = to_nb(job.source_for(kind), dest, target=fmt.cpu or "", int8=fmt.precision == "int8",
+                        verify_feeds=job.verify_feeds, reference=job.reference,
+                        thresholds=job.gate_for(fmt.precision), twin_out=twin)
+        except EdgeShituError as e:
+            if not _mixed_applies(job, fmt.precision, e):
+                raise
+            art = _mixed_int8(job, kind, dest, twin, e)
         art.model = job.model
         out.append(art)
     return out
+
+
+def _mixed_applies(job: ExportJob, precision: str, miss: EdgeShituError) -> bool:
+    """The mixed-precision ladder (``converters/nb_mixed.py``) runs for an extractor's int8 file
+    that missed its gate (a measured miss, not a crash), when the conversion would otherwise fail:
+    not under --allow-degraded (``convert`` then passes ``nb_mixed: False`` and its permissive
+    thresholds keep the plain file), and only with the FP32 program and calibration at hand."""
+    return (precision == "int8" and job.model == "rec" and getattr(miss, "fidelity", None) is not None
+            and bool(job.options.get("nb_mixed", False)) and "paddle" in job.sources
+            and bool(job.calibration) and job.verify_feeds is not None)
+
+
+def _figures(fid: Optional[Fidelity]) -> dict[str, Any]:
+    if fid is None:
+        return {}
+    return {"cosine_mean": round(float(fid.cosine_mean), 6), "cosine_min": round(float(fid.cosine_min), 6)}
+
+
+def _mixed_int8(job: ExportJob, kind: str, dest: Path, twin: Optional[Path], miss: EdgeShituError) -> Artifact:
+    """Re-quantize with the k most int8-sensitive ops float (k = ``nb_mixed.LADDER_K``), build and
+    verify each file exactly as the plain one, keep the first that passes; else the plain miss,
+    with what was tried."""
+    import time
+
+    from edge_shitu.converters import nb_mixed, quantize
+
+    fmt = artifact_format(kind)
+    t0 = time.perf_counter()
+    fp32 = Path(job.sources["paddle"])
+    calib = list(job.calibration or [])
+    ptq_kw = dict(job.options.get("ptq") or {})
+    plain = _figures(getattr(miss, "fidelity", None))
+    job.progress(f"{job.model}: {kind} missed its gate (cosine {plain.get('cosine_mean')}); ranking ops by int8 "
+                 "sensitivity for a mixed-precision file")
+    scores = nb_mixed.rank_in_subprocess(fp32, calib, quantize.DEFAULT_OPS)
+    ranked = nb_mixed.rank({n: s["score"] for n, s in scores.items()})
+    already_float = {n for n, q in quantize.quantized_op_weights(job.source_for(kind)).items() if not q}
+
+    with tempfile.TemporaryDirectory(prefix="es-nbmixed-", dir=job.work_dir) as tmp:
+        def try_k(k: int, skip: list[str]) -> tuple[Optional[Artifact], dict[str, Any]]:
+            job.progress(f"{job.model}: {kind} with the {k} most sensitive op(s) float")
+            qdir = Path(tmp) / f"int8_float{k}"
+            rep = quantize.quantize_in_subprocess(fp32, qdir, calib, skip_tensor_list=skip, **ptq_kw)
+            floats = {n for n, q in quantize.quantized_op_weights(qdir).items() if not q}
+            if floats != set(skip) | already_float:  # the skip list did not take as named
+                raise EdgeShituError(f"PTQ with skip_tensor_list {skip[:3]}...: float ops {sorted(floats)[:5]} are "
+                                     "not the ones named (a PaddleSlim change?)")
+            rec: dict[str, Any] = {"quantized_ops": rep.n_quant_ops}
+            try:
+                art = to_nb(qdir, dest, target=fmt.cpu or "", int8=True, verify_feeds=job.verify_feeds,
+                            reference=job.reference, thresholds=job.gate_for("int8"), twin_out=twin)
+            except EdgeShituError as e:
+                if getattr(e, "fidelity", None) is None:
+                    raise
+                fig = _figures(e.fidelity)  # type: ignore[attr-defined]
+                job.progress(f"{job.model}: {kind} with {k} op(s) float: cosine {fig.get('cosine_mean')}, missed")
+                return None, {**rec, **fig, "passed": False}
+            twin_cos = ((art.details.get("x86_twin_fidelity") or {}).get("summary") or {}).get("cosine_mean")
+            if twin_cos is not None:
+                rec["x86_twin_cosine_mean"] = round(float(twin_cos), 6)
+            return art, {**rec, **_figures(art.fidelity), "passed": True}
+
+        res = nb_mixed.ladder(ranked, try_k)
+    seconds = round(time.perf_counter() - t0, 1)
+    if res.found is None:
+        tried = ", ".join(f"{t['k']} float: {t.get('cosine_mean')}" for t in res.tried)
+        raise EdgeShituError(f"{miss}; mixed precision ({len(ranked)} ops ranked, {seconds} s) did not pass either "
+                             f"(cosine with k ops float: {tried or 'nothing to try'})") from miss
+    art: Artifact = res.found
+    art.details["mixed_precision"] = {**nb_mixed.mixed_details(res.skipped, res.k, res.tried), "plain": plain,
+                                      "ops": len(ranked), "seconds": seconds,
+                                      "scores": {n: round(scores[n]["score"], 5) for n in res.skipped}}
+    return art
 
 
 if __name__ == "__main__":

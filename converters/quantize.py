@@ -160,6 +160,31 @@ def quantize(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                        _quant_op_counts(program))
 
 
+def quantized_op_weights(model_dir: str | os.PathLike[str], op_types: Sequence[str] = DEFAULT_OPS) -> dict[str, bool]:
+    """{weight name: quantized?} for every op of ``op_types`` with a persistable weight in a
+    (quantized or not) program: what checks that a ``skip_tensor_list`` left exactly the named
+    ops float (an op is quantized when it reads a quantized tensor or feeds a dequantize op)."""
+    program, _, _ = load_program(model_dir)
+    blk = program.global_block()
+    producer = {o: op.type for op in blk.ops for o in op.output_arg_names}
+    consumers: dict[str, list[str]] = {}
+    for op in blk.ops:
+        for a in op.input_arg_names:
+            consumers.setdefault(a, []).append(op.type)
+    out: dict[str, bool] = {}
+    for op in blk.ops:
+        if op.type not in op_types:
+            continue
+        weight = next((op.input(s)[0] for s in ("Filter", "Y") if s in op.input_names and op.input(s)
+                       and blk.has_var(op.input(s)[0]) and blk.var(op.input(s)[0]).persistable), None)
+        if weight is None:
+            continue
+        ins = any("quant" in producer.get(a, "") for a in op.input_arg_names)
+        outs = any("dequant" in t for o in op.output_arg_names for t in consumers.get(o, []))
+        out[weight] = bool(ins or outs)
+    return out
+
+
 def _quant_op_counts(program: Any) -> dict[str, int]:
     counts: dict[str, int] = {}
     for blk in program.blocks:
