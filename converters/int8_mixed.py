@@ -153,29 +153,19 @@ def read_graph(model: bytes) -> Graph:
 def tensor_scores(calibrated: bytes, images: Iterable[np.ndarray], seed: int = 0) -> dict[str, float]:
     """:func:`channel_nsr` of every activation tensor with a calibrated per-tensor range, in graph
     order, read on ``images`` (as fed to the model) through the calibrate-only model."""
-    import tensorflow as tf
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from edge_shitu.converters.int8_ranges import _ranged_tensors
+    from edge_shitu.converters.int8_ranges import _ranged_tensors, tensor_values
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
     sg = model.subgraphs[0]
     ranged = _ranged_tensors(sg)
     produced = {i for op in sg.operators for i in op.outputs}
     ranged = {i: t for i, t in ranged.items() if i in produced}  # activations, not the input or constants
-    interp = tf.lite.Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
-    interp.allocate_tensors()
-    feed = interp.get_input_details()[0]["index"]
     rng = np.random.default_rng(seed)
     rows: dict[int, list[np.ndarray]] = {i: [] for i in ranged}
-    for x in images:
-        interp.set_tensor(feed, np.asarray(x, np.float32))
-        interp.invoke()
-        for i in ranged:
-            try:
-                v = interp.get_tensor(i)
-            except ValueError:  # a tensor the interpreter does not keep
-                continue
+    for values in tensor_values(calibrated, images, list(ranged)):
+        for i, v in values.items():
             v = v.reshape(-1, v.shape[-1] if v.ndim else 1)
             rows[i].append(v if len(v) <= ROWS_PER_IMAGE else v[rng.choice(len(v), ROWS_PER_IMAGE, replace=False)])
     out: dict[str, float] = {}

@@ -15,7 +15,7 @@ with our ranges and optional float nodes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -63,30 +63,42 @@ def _ranged_tensors(subgraph: Any) -> dict[int, Any]:
     return out
 
 
+def tensor_values(model: bytes, images: Iterable[np.ndarray],
+                  tensors: Sequence[int]) -> Iterator[dict[int, np.ndarray]]:
+    """Per image (as fed to the model): {tensor index: its value} for the ``tensors`` the
+    interpreter keeps (every intermediate is preserved; a constant may not be readable)."""
+    import tensorflow as tf
+
+    interp = tf.lite.Interpreter(model_content=model, experimental_preserve_all_tensors=True)
+    interp.allocate_tensors()
+    feed = interp.get_input_details()[0]["index"]
+    for x in images:
+        interp.set_tensor(feed, np.asarray(x, np.float32))
+        interp.invoke()
+        values = {}
+        for i in tensors:
+            try:
+                values[i] = interp.get_tensor(i)
+            except ValueError:  # a tensor the interpreter does not keep (e.g. a constant)
+                continue
+        yield values
+
+
 def refine_ranges(calibrated: bytes, images: Iterable[np.ndarray], seed: int = 0) -> tuple[bytes, int]:
     """Replace the min/max ranges of a calibrate-only TFLite model by MSE-optimal ones.
 
     ``images``: the calibration inputs (as fed to the model). Returns (model bytes, how many
     ranges were tightened).
     """
-    import tensorflow as tf
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
     ranged = _ranged_tensors(model.subgraphs[0])
-    interp = tf.lite.Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
-    interp.allocate_tensors()
-    feed = interp.get_input_details()[0]["index"]
     rng = np.random.default_rng(seed)
     samples: dict[int, list[np.ndarray]] = {i: [] for i in ranged}
-    for x in images:
-        interp.set_tensor(feed, np.asarray(x, np.float32))
-        interp.invoke()
-        for i in ranged:
-            try:
-                v = interp.get_tensor(i).reshape(-1)
-            except ValueError:  # a tensor the interpreter does not keep (e.g. a constant)
-                continue
+    for values in tensor_values(calibrated, images, list(ranged)):
+        for i, v in values.items():
+            v = v.reshape(-1)
             samples[i].append(v if v.size <= SAMPLES_PER_IMAGE else rng.choice(v, SAMPLES_PER_IMAGE, replace=False))
     tightened = 0
     for i, t in ranged.items():

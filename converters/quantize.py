@@ -166,22 +166,12 @@ def quantized_op_weights(model_dir: str | os.PathLike[str], op_types: Sequence[s
     ops float (an op is quantized when it reads a quantized tensor or feeds a dequantize op)."""
     program, _, _ = load_program(model_dir)
     blk = program.global_block()
-    producer = {o: op.type for op in blk.ops for o in op.output_arg_names}
-    consumers: dict[str, list[str]] = {}
-    for op in blk.ops:
-        for a in op.input_arg_names:
-            consumers.setdefault(a, []).append(op.type)
     out: dict[str, bool] = {}
-    for op in blk.ops:
-        if op.type not in op_types:
-            continue
+    for op, quantized in _ops_quantized(program, op_types):
         weight = next((op.input(s)[0] for s in ("Filter", "Y") if s in op.input_names and op.input(s)
                        and blk.has_var(op.input(s)[0]) and blk.var(op.input(s)[0]).persistable), None)
-        if weight is None:
-            continue
-        ins = any("quant" in producer.get(a, "") for a in op.input_arg_names)
-        outs = any("dequant" in t for o in op.output_arg_names for t in consumers.get(o, []))
-        out[weight] = bool(ins or outs)
+        if weight is not None:
+            out[weight] = quantized
     return out
 
 
@@ -194,22 +184,28 @@ def _quant_op_counts(program: Any) -> dict[str, int]:
     return counts
 
 
-def _count_quantized(program: Any, op_types: Sequence[str]) -> int:
-    """Ops of ``op_types`` that read a (de)quantized tensor or feed a dequantize op."""
+def _ops_quantized(program: Any, op_types: Sequence[str]) -> list[tuple[Any, bool]]:
+    """(op, quantized?) for every op of ``op_types`` in block 0: quantized when it reads a
+    (de)quantized tensor or feeds a dequantize op."""
     blk = program.global_block()
     producer = {o: op.type for op in blk.ops for o in op.output_arg_names}
     consumers: dict[str, list[str]] = {}
     for op in blk.ops:
         for a in op.input_arg_names:
             consumers.setdefault(a, []).append(op.type)
-    n = 0
+    out = []
     for op in blk.ops:
         if op.type not in op_types:
             continue
         ins = any("quant" in producer.get(a, "") for a in op.input_arg_names)
         outs = any("dequant" in t for o in op.output_arg_names for t in consumers.get(o, []))
-        n += bool(ins or outs)
-    return n
+        out.append((op, bool(ins or outs)))
+    return out
+
+
+def _count_quantized(program: Any, op_types: Sequence[str]) -> int:
+    """Ops of ``op_types`` that read a (de)quantized tensor or feed a dequantize op."""
+    return sum(q for _, q in _ops_quantized(program, op_types))
 
 
 class _block0_only:
