@@ -25,10 +25,10 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,8 @@ os.environ.setdefault("KMP_BLOCKTIME", "0")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _timing import interleaved, median_ms  # noqa: E402  (benchmarks/ is sys.path[0])
 
 from edge_shitu.assets import DRINK_GALLERY, SHITU_GRAPHS, asset  # noqa: E402
 from edge_shitu.formats import artifact_format, kind_for, kinds  # noqa: E402
@@ -83,17 +85,8 @@ def _feed_for(runner: Any, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 
 def _interleaved_latency(runners: dict[str, Any], feed: dict[str, np.ndarray], runs: int) -> dict[str, float]:
     """Median ms per runner, round-robin so that machine noise hits every runner alike."""
-    feeds = {k: _feed_for(r, feed) for k, r in runners.items()}
-    for k, r in runners.items():
-        for _ in range(3):
-            r.run(feeds[k])
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(runs):
-        for k, r in runners.items():
-            t0 = time.perf_counter()
-            r.run(feeds[k])
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    calls = {k: partial(r.run, _feed_for(r, feed)) for k, r in runners.items()}
+    return median_ms(interleaved(calls, runs, warmup=3))
 
 
 def bench_model(name: str, work: Path, n_calib: int, n_verify: int, runs: int) -> list[dict[str, Any]]:

@@ -26,17 +26,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import textwrap
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _timing import interleaved, median_ms  # noqa: E402  (benchmarks/ is sys.path[0])
 
 from edge_shitu.assets import DRINK_TEST_IMAGES, PICODET_S_416, asset  # noqa: E402
 
@@ -139,16 +141,10 @@ def main() -> int:
         per: list[list[float]] = [[] for _ in configs]
         for im in photos:
             x = pre(im)["image"]
-            for be in runners:
-                be.run({be.inputs[0].name: x})  # warm-up
-            runs: list[list[float]] = [[] for _ in configs]
-            for _ in range(args.repeats):
-                for i, be in enumerate(runners):
-                    t0 = time.perf_counter()
-                    be.run({be.inputs[0].name: x})
-                    runs[i].append((time.perf_counter() - t0) * 1e3)
-            for i in range(len(configs)):
-                per[i].append(statistics.median(runs[i]))
+            runs = interleaved({i: partial(be.run, {be.inputs[0].name: x}) for i, be in enumerate(runners)},
+                               args.repeats, warmup=1)
+            for i, ms in median_ms(runs).items():
+                per[i].append(ms)
         timing[t] = per
 
     print(f"\n{det.name}, {len(photos)} photos ({photos_dir.name}), TFLite backend, median of {args.repeats} runs per "

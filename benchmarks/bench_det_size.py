@@ -22,9 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _timing import interleaved_stages, median_ms  # noqa: E402  (benchmarks/ is sys.path[0])
 
 from edge_shitu.assets import DRINK_TEST_IMAGES, PICODET_S_416, asset  # noqa: E402
 
@@ -130,6 +132,15 @@ def main() -> int:
         c["boxes"] = compare_boxes(ref_boxes, [gfl_photo_boxes(be, c["pre"], c["head"], im,
                                                                GFL_GATE_SCORE - GFL_SCORE_MARGIN) for im in photos])
 
+    def stages(c: dict[str, Any], be: Any, feed: dict[str, np.ndarray], im: np.ndarray) -> dict[str, float]:
+        """One round of one configuration: inference alone, then the runtime's whole detector step."""
+        t0 = time.perf_counter()
+        be.run(feed)
+        t1 = time.perf_counter()
+        gfl_photo_boxes(be, c["pre"], c["head"], im, 0.3)  # preprocess + infer + decode + NMS
+        t2 = time.perf_counter()
+        return {"infer": (t1 - t0) * 1e3, "det": (t2 - t1) * 1e3}
+
     timing: dict[int, dict[int, dict[str, list[float]]]] = {}
     for t in threads:  # interleaved: every configuration sees the same machine load, photo by photo
         runners = [open_backend(c["path"], "onnx" if c["engine"] == "onnxruntime" else "tflite", t) for c in configs]
@@ -137,20 +148,12 @@ def main() -> int:
         per: dict[int, dict[str, list[float]]] = {i: {"infer": [], "det": []} for i in range(len(configs))}
         for j, im in enumerate(photos):
             for i, be in enumerate(runners):
-                be.run(feeds[i][j])  # warm-up
-            runs: dict[int, dict[str, list[float]]] = {i: {"infer": [], "det": []} for i in range(len(configs))}
-            for _ in range(args.repeats):
-                for i, (c, be) in enumerate(zip(configs, runners)):
-                    t0 = time.perf_counter()
-                    be.run(feeds[i][j])
-                    t1 = time.perf_counter()
-                    gfl_photo_boxes(be, c["pre"], c["head"], im, 0.3)  # preprocess + infer + decode + NMS
-                    t2 = time.perf_counter()
-                    runs[i]["infer"].append((t1 - t0) * 1e3)
-                    runs[i]["det"].append((t2 - t1) * 1e3)
+                be.run(feeds[i][j])  # warm-up: inference only
+            runs = interleaved_stages({i: partial(stages, c, be, feeds[i][j], im)
+                                       for i, (c, be) in enumerate(zip(configs, runners))}, args.repeats, warmup=0)
             for i in per:
-                for k in ("infer", "det"):
-                    per[i][k].append(statistics.median(runs[i][k]))
+                for k, ms in median_ms(runs[i]).items():
+                    per[i][k].append(ms)
         timing[t] = per
 
     print(f"\nPicoDet-S COCO, {len(photos)} photos ({photos_dir.name}), median of {args.repeats} runs per photo, "

@@ -24,9 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ os.environ.setdefault("KMP_BLOCKTIME", "0")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _timing import interleaved, median_ms  # noqa: E402  (benchmarks/ is sys.path[0])
+
 from edge_shitu.assets import DRINK_GALLERY, DRINK_LABELS_ALL, asset  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / ".cache" / "prune"
@@ -46,17 +48,9 @@ ISSUE_TARGET = 0.25
 
 
 def _interleaved(runners: dict[str, Any], feed: dict[str, np.ndarray], runs: int) -> dict[str, float]:
-    feeds = {k: {r.inputs[0].name: next(iter(feed.values()))} for k, r in runners.items()}
-    for k, r in runners.items():
-        for _ in range(3):
-            r.run(feeds[k])
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(runs):
-        for k, r in runners.items():
-            t0 = time.perf_counter()
-            r.run(feeds[k])
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    x = next(iter(feed.values()))
+    calls = {k: partial(r.run, {r.inputs[0].name: x}) for k, r in runners.items()}
+    return median_ms(interleaved(calls, runs, warmup=3))
 
 
 def main() -> None:

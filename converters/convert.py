@@ -64,9 +64,11 @@ class ConvertOptions:
     # extractors' int8 TFLite: a bias-corrected twin (converters/int8_bias.py) is made, verified
     # beside the plain file and kept only where its cosine to FP32 measures higher
     bias_correction: bool = True
-    # raw-GFL detectors' int8 TFLite that miss the box gate: try a ladder of mixed-precision files
-    # (converters/int8_mixed.py) before 16x8. Opt-in: on PicoDet-S COCO none passes (the error is
-    # spread over the backbone) and the ladder adds ~2 min to the conversion (docs/benchmarks.md)
+    # mixed-precision int8 TFLite (converters/int8_mixed.py), opt-in: the most int8-sensitive
+    # activation tensors kept float, fewest first, the first file passing the default gate taken;
+    # extractors: files at most 1.1x the int8 size; raw-GFL detectors: before 16x8. Measured, none
+    # passes: MobileNetV2 cosine 0.9888 -> 0.9916 within 1.1x (~70 s more); PicoDet-S COCO box
+    # recall best 0.85 (~2 min more): the error is spread over the network (docs/benchmarks.md)
     mixed_precision: bool = False
     latency_threads: tuple[int, ...] = (1, 2)
     latency_runs: int = 15
@@ -317,9 +319,9 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
     thresholds = PERMISSIVE if opts.allow_degraded else None  # --allow-degraded: measured, gated in _gate
     # per-model-kind exporter options: a detector's ONNX is cut before NMS (TFLite then carries its
     # head); an extractor's int8 TFLite keeps its global pooling float, with MSE activation ranges
-    options: dict[str, Any] = {"cut_before_nms": True} if kind == "det" else {"float_pooling": True,
-                                                                                "mse_ranges": True,
-                                                                                "bias_correction": opts.bias_correction}
+    options: dict[str, Any] = {"cut_before_nms": True} if kind == "det" else {
+        "float_pooling": True, "mse_ranges": True, "bias_correction": opts.bias_correction,
+        "mixed_precision": opts.mixed_precision}
     if prepared.head is not None:  # a raw GFL head: no NMS in the graph, nothing to cut; gated on its boxes
         options = {"gfl_head": prepared.head, "mixed_precision": opts.mixed_precision}
     # an extractor's .nb int8 that misses its gate: a mixed-precision ladder (converters/nb_mixed.py)
@@ -632,6 +634,19 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
     return manifest
 
 
+def det_runtime_precision(entries: Sequence[dict[str, Any]], backend: str, precision: str) -> dict[str, str]:
+    """``runtime.det_precision``: fp32 when the board's int8 detector is a 16x8 file (int16
+    activations run on TFLite's reference kernels, slower than fp32 on every CPU: PicoDet-S 0.11-0.13x
+    on this host, docs/benchmarks.md) and the bundle has the fp32 file; else nothing (the board's)."""
+    by_kind = {e["kind"]: e for e in entries}
+    own, fp32 = by_kind.get(kind_for(backend, precision)), by_kind.get(kind_for(backend, "fp32"))
+    mode = str(((own or {}).get("details") or {}).get("int8_mode") or "")
+    if precision != "int8" or fp32 is None or not mode.startswith("16x8"):
+        return {}
+    return {"det_precision": "fp32", "det_precision_reason": f"the int8 detector is 16x8 ({mode.split(':')[0]}: "
+            "reference kernels, slower than fp32); the fp32 file runs instead"}
+
+
 def _manifest(board: Board, models: dict[str, ModelResult], index: GalleryIndex, gallery: Gallery,
               det_dir: Path | None, rec_dir: Path, native: dict[str, Any] | None,
               opts: ConvertOptions, threshold: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -678,6 +693,8 @@ def _manifest(board: Board, models: dict[str, ModelResult], index: GalleryIndex,
         "skipped_images": len(gallery.skipped),
         "warnings": opts.warnings,
     }
+    if det_block is not None:
+        m["runtime"].update(det_runtime_precision(det_block["artifacts"], board.backend, board.precision))
     if native:
         m["native_lib"] = native
     m["threshold_calibration"] = ({**threshold, "board_default": board.rec.get("score_threshold", 0.5)} if threshold

@@ -27,6 +27,9 @@ Every onnx2tf trap met with the pinned toolchain (docs/toolchain.md) is handled 
   int8 files (``int8_mixed``: the k activation tensors with the worst per-channel int8 noise
   kept float, k = 1 .. 256), verified fewest-float-first; 16x8 (reference kernels, slower than
   fp32) only when none passes. PicoDet-S COCO: none passes (its error is spread over the backbone).
+- an extractor (opt-in, ``_extractor_mixed_ladder``): the same ranking beside the float pooling
+  block, bias-corrected like its int8 file, only tensors whose float weights fit in 1.1x the int8
+  file's size. MobileNetV2: cosine 0.9888 -> 0.9916 within 1.1x; 0.995 takes 10 float layers at 1.76x.
 - onnx2tf/TF keep global state between conversions and take seconds to import: the whole
   conversion runs in one child process per ONNX file.
 """
@@ -119,6 +122,11 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
                     result["float_ops"] = float_ops
                 if job.get("bias_correction"):  # a twin; the parent keeps it only where it measures better
                     result.update(_bias_corrected_twin(data, calibrated, representative_dataset, work))
+                if job.get("mixed_int8"):  # an extractor's ladder: pooling block float, size-capped
+                    best = Path(result.get("int8_bias_corrected") or "")
+                    result.update(_extractor_mixed_ladder(
+                        best.read_bytes() if best.is_file() else data, calibrated, float_ops,
+                        representative_dataset, work, bool(job.get("bias_correction"))))
             except Exception as e:
                 data, mode = _plain_int8(converter)
                 result["int8_mode"] = f"{mode}; min/max ranges (refinement failed: {type(e).__name__}: {str(e)[:120]})"
@@ -127,7 +135,7 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
         out = work / "model_int8.tflite"
         out.write_bytes(data)
         result["int8"] = str(out)
-        if job.get("mixed_int8"):  # the rung between int8 and 16x8, used only when int8 misses the gate
+        if job.get("mixed_int8") and not job.get("float_pooling"):  # detectors: the rung before 16x8
             result.update(_mixed_ladder(converter, representative_dataset, work))
         if job.get("a16w8"):  # the next rung, used only when int8 activations miss the gate
             result["int8_a16w8"] = str(_a16w8(work / "saved_model" / f"{stem}_float32.tflite",
@@ -172,6 +180,63 @@ def _mixed_ladder(converter: Any, representative_dataset: Any, work: Path) -> di
             "int8_mixed_ranked_by": f"{RANKED_BY}; per k, min/max or MSE ranges, whichever gives the lower raw-output "
                                     f"error ({min(len(images), RANK_IMAGES)} calibration images)",
             "int8_mixed_base_error": {k: round(v, 5) for k, v in bases.items()}}
+
+
+# an extractor's mixed-precision candidates: at most this much larger than its int8 file (float
+# weights take 4x the bytes; the accuracy issue's budget), k = the tensors kept float
+EXTRACTOR_MIXED_SIZE_CAP = 1.10
+EXTRACTOR_LADDER_K = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+# int8 this close to float on the ranking images (calibration images: they flatter it, MobileNetV2
+# 0.992 there vs 0.988 held out): no ladder is built
+EXTRACTOR_SKIP_COSINE = 0.999
+
+
+def _extractor_mixed_ladder(int8: bytes, calibrated: bytes, pooling_ops: Sequence[str], representative_dataset: Any,
+                            work: Path, bias_correction: bool) -> dict[str, Any]:
+    """An extractor's mixed-precision candidates (``int8_mixed``), fewest float tensors first: the
+    worst-ranked activation tensors kept float beside the pooling block, on the MSE-ranged
+    calibrated model the int8 file came from, each bias-corrected like the int8 file, none more
+    than ``EXTRACTOR_MIXED_SIZE_CAP`` x the int8 file's size. None when the int8 file already
+    matches float closely on the ranking images (the parent gates; this only saves the time)."""
+    from edge_shitu.converters.int8_bias import correct_biases
+    from edge_shitu.converters.int8_mixed import RANK_IMAGES, RANKED_BY, ladder, run_model
+
+    try:
+        images = list(_first_input(representative_dataset()))
+        probe = images[:RANK_IMAGES]
+        cos = _mean_cosine(run_model(int8, probe), run_model(calibrated, probe))
+        if cos >= EXTRACTOR_SKIP_COSINE:
+            return {"int8_mixed_skipped": f"int8 cosine {cos:.4f} to float on {len(probe)} calibration images"}
+        block = [n for _, n in pooling_block(_op_list(calibrated))] if pooling_ops else []
+        cands, _, base = ladder(calibrated, probe, EXTRACTOR_LADDER_K, always_float=block,
+                                max_bytes=int(len(int8) * EXTRACTOR_MIXED_SIZE_CAP))
+        out = []
+        for cand in cands:
+            model, note = cand.model, ""
+            if bias_correction:
+                model, n = correct_biases(model, calibrated, images[:BIAS_CORRECTION_IMAGES])
+                note = f"; biases corrected ({n} layers)"
+            f = work / f"model_int8_mixed_{cand.k}.tflite"
+            f.write_bytes(model)
+            out.append({"file": str(f), "k": cand.k, "ranges": f"MSE ranges{note}", "tensors": cand.tensors,
+                        "float_layers": [n for n in cand.float_nodes if n not in block],
+                        "float_op_types": cand.float_types, "output_error": round(cand.output_error, 5),
+                        "probe_cosine": round(_mean_cosine(run_model(model, probe), run_model(calibrated, probe)), 5)})
+    except Exception as e:  # an optional rung: the manifest says why there is none
+        return {"int8_mixed_error": f"{type(e).__name__}: {str(e)[:160]}"}
+    return {"int8_mixed": out,
+            "int8_mixed_ranked_by": f"{RANKED_BY} ({len(probe)} calibration images); pooling block float; at most "
+                                    f"{EXTRACTOR_MIXED_SIZE_CAP:.2f}x the int8 file's size",
+            "int8_mixed_base_error": {"MSE ranges": round(base, 5)}, "int8_mixed_probe_cosine": round(cos, 5)}
+
+
+def _mean_cosine(outs: Sequence[Sequence[np.ndarray]], refs: Sequence[Sequence[np.ndarray]]) -> float:
+    """Mean cosine of each image's first output to the reference's (an extractor's embedding)."""
+    cs = []
+    for o, r in zip(outs, refs):
+        a, b = np.ravel(o[0]).astype(np.float64), np.ravel(r[0]).astype(np.float64)
+        cs.append(float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)))
+    return float(np.mean(cs)) if cs else 0.0
 
 
 A16W8 = "16x8: int16 activations, int8 weights (TFLite reference kernels), float32 input/output"
@@ -454,7 +519,7 @@ def to_tflite(
         job = {"work": str(work), "onnx": str(copy), "precisions": list(precisions), "calib": calib_files,
                "rtpo": ["hardswish"] if replace_hardswish else [], "float_pooling": float_pooling,
                "mse_ranges": mse_ranges, "a16w8": gfl_head is not None and "int8" in precisions,
-               "mixed_int8": mixed_precision and gfl_head is not None and "int8" in precisions,
+               "mixed_int8": mixed_precision and (gfl_head is not None or float_pooling) and "int8" in precisions,
                "bias_correction": bias_correction}
         logs: list[str] = []
         produced = run_worker("edge_shitu.converters.export_tflite", job, timeout=CONVERT_TIMEOUT_S, env=env,
@@ -488,7 +553,9 @@ def to_tflite(
             if p == "int8" and produced.get("int8_bias_corrected"):
                 _take_bias_corrected(produced, fidelities, rejected, reference, verify_feeds, th, head, cut_dir,
                                      gfl_head)
-            if p == "int8" and (produced.get("int8_mixed") or produced.get("int8_mixed_error")) \
+            if p == "int8" and produced.get("int8_mixed_skipped") and p in rejected:
+                rejected[p] += f"; no mixed-precision ladder ({produced['int8_mixed_skipped']})"
+            if p == "int8" and ("int8_mixed" in produced or "int8_mixed_error" in produced) \
                     and not _passes(fidelities[p], thresholds_for(p, gfl_head)):
                 _take_mixed(produced, fidelities, rejected, reference, verify_feeds, thresholds_for(p, gfl_head),
                             gfl_head)
@@ -590,11 +657,15 @@ def _take_mixed(produced: dict[str, Any], fidelities: dict[str, Any], rejected: 
         record["error"] = produced["int8_mixed_error"]
     if produced.get("int8_mixed_base_error"):
         record["all_int8_output_error"] = produced["int8_mixed_base_error"]
+    if produced.get("int8_mixed_probe_cosine") is not None:
+        record["all_int8_probe_cosine"] = produced["int8_mixed_probe_cosine"]
     produced["mixed_precision"] = record
     for cand in produced.get("int8_mixed") or []:
         n = len(cand["float_layers"])
         row = {"k": cand["k"], "float_layers": n, "ranges": cand.get("ranges"),
                "bytes": Path(cand["file"]).stat().st_size, "output_error": cand.get("output_error")}
+        if cand.get("probe_cosine") is not None:
+            row["probe_cosine"] = cand["probe_cosine"]
         tried.append(row)
         try:
             fid = verify_in_process(Path(cand["file"]), "tflite", reference, verify_feeds,
@@ -614,6 +685,13 @@ def _take_mixed(produced: dict[str, Any], fidelities: dict[str, Any], rejected: 
                                  f"activations missed the gate: {why})")
         rejected.pop("int8", None)
         return
+    if "int8" in rejected:  # the one-line error says what the ladder tried
+        if record.get("error"):
+            rejected["int8"] += f"; mixed-precision ladder failed: {record['error']}"
+        else:
+            last = f"; the largest, {tried[-1]['float_layers']} float layers: {tried[-1].get('fidelity')}" if tried \
+                else " (none fits the size cap)"
+            rejected["int8"] += f"; none of {len(tried)} mixed-precision candidates passed{last}"
 
 
 def _passes(fid: Any, gate: Mapping[str, float]) -> bool:

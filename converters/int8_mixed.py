@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -124,6 +125,28 @@ def float_nodes_for(tensors: Sequence[str], graph: Graph) -> list[str]:
     return list(out)
 
 
+FLOAT_EXTRA_BYTES = 3  # a weight kept float: 4 bytes instead of int8's 1 (int32 biases stay 4)
+
+
+def fitting(ranked: Sequence[str], graph: Graph, weights: Mapping[str, int], budget: int,
+            already_float: Sequence[str] = ()) -> list[str]:
+    """The tensors of ``ranked`` (worst first) kept in order while the float weights of the ops
+    they add (:func:`float_nodes_for`) fit in ``budget`` bytes; a tensor that does not fit is
+    skipped, a cheaper one after it may still fit (greedy, in rank order)."""
+    kept: list[str] = []
+    floated = set(already_float)
+    spent = 0
+    for t in ranked:
+        new = [op for op in float_nodes_for([t], graph) if op not in floated]
+        cost = FLOAT_EXTRA_BYTES * sum(weights.get(op, 0) for op in new)
+        if spent + cost > budget:
+            continue
+        kept.append(t)
+        floated.update(new)
+        spent += cost
+    return kept
+
+
 def ladder_sizes(n_ranked: int, ks: Sequence[int] = LADDER_K) -> list[int]:
     """The k of each candidate, increasing, none larger than what was ranked (no duplicates)."""
     return sorted({min(k, n_ranked) for k in ks if k > 0 and n_ranked > 0})
@@ -148,6 +171,29 @@ def read_graph(model: bytes) -> Graph:
             if i >= 0 and i in names:
                 g.consumers.setdefault(names[i], []).append(outs[0])
     return g
+
+
+def op_weights(model: bytes) -> dict[str, int]:
+    """Per op (named by its first output tensor), how many weight values (constant non-bias
+    inputs: the ones int8 stores in one byte) it reads."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    m = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    sg = m.subgraphs[0]
+    out: dict[str, int] = {}
+    for op in sg.operators:
+        if not len(op.outputs):
+            continue
+        n = 0
+        for j, i in enumerate(op.inputs):
+            if i < 0 or j == 2:  # the bias (third input of conv / FC) stays 32-bit in int8
+                continue
+            t = sg.tensors[i]
+            buf = m.buffers[t.buffer].data if t.buffer < len(m.buffers) else None
+            if buf is not None and len(buf) and t.shape is not None:
+                n += int(np.prod(t.shape))
+        out[sg.tensors[op.outputs[0]].name.decode()] = n
+    return out
 
 
 def tensor_scores(calibrated: bytes, images: Iterable[np.ndarray], seed: int = 0) -> dict[str, float]:
@@ -200,24 +246,37 @@ class Candidate:
     output_error: float
 
 
-def ladder(calibrated: bytes, images: Sequence[np.ndarray], ks: Sequence[int] = LADDER_K
+def ladder(calibrated: bytes, images: Sequence[np.ndarray], ks: Sequence[int] = LADDER_K,
+           always_float: Sequence[str] = (), max_bytes: Optional[int] = None
            ) -> tuple[list[Candidate], dict[str, float], float]:
     """The candidate files, fewest float ops first, the scores they were ranked by and the
-    all-int8 file's output error (on the same images)."""
+    all-int8 file's output error (on the same images).
+
+    ``always_float``: ops every candidate (and the all-int8 base) keeps float, e.g. an
+    extractor's pooling block; tensors they produce are not ranked. ``max_bytes``: the ladder
+    stops at the first candidate larger than this (float weights are 4x int8: an extractor's
+    size budget), which is not returned.
+    """
     scores = tensor_scores(calibrated, images)
     graph = read_graph(calibrated)
-    ranked = [t for t in rank(scores) if t in graph.producer]
+    fixed = list(always_float)
+    ranked = [t for t in rank(scores) if t in graph.producer and graph.producer[t] not in fixed]
     refs = run_model(calibrated, images)
-    base = output_error(run_model(quantize(calibrated), images), refs)
+    base_model = quantize(calibrated, fixed)
+    base = output_error(run_model(base_model, images), refs)
+    if max_bytes is not None:  # only tensors whose float weights still fit, worst first
+        ranked = fitting(ranked, graph, op_weights(calibrated), max_bytes - len(base_model), fixed)
     cands: list[Candidate] = []
     seen: set[tuple[str, ...]] = set()
     for k in ladder_sizes(len(ranked), ks):
-        nodes = float_nodes_for(ranked[:k], graph)
+        nodes = list(dict.fromkeys(fixed + float_nodes_for(ranked[:k], graph)))
         if tuple(nodes) in seen:
             continue
         seen.add(tuple(nodes))
         types = float_op_types(nodes, graph)
         model = quantize(calibrated, nodes, types)
+        if max_bytes is not None and len(model) > max_bytes:
+            break
         cands.append(Candidate(k, ranked[:k], nodes, types, model, output_error(run_model(model, images), refs)))
     return cands, scores, base
 

@@ -110,10 +110,12 @@ def register(app: typer.Typer) -> None:
                                              "TFLite: also make a twin with each conv's bias corrected by its "
                                              "measured mean error (layer by layer), verify both, keep the one closer "
                                              "to FP32 (about 50 s more for MobileNetV2 on 2 cores)."),
-        mixed_precision: bool = typer.Option(False, "--mixed-precision", help="Raw-GFL detector int8 TFLite "
-                                             "that misses its box gate: try files with the most int8-sensitive "
-                                             "layers kept float (fewest first) before the 16x8 fallback (about 2 min "
-                                             "more; PicoDet-S COCO needs 16x8 anyway: docs/model-inputs.md)."),
+        mixed_precision: bool = typer.Option(False, "--mixed-precision", help="int8 TFLite that misses its "
+                                             "default gate: try files with the most int8-sensitive layers kept "
+                                             "float, fewest first, and keep the first that passes (extractors: at "
+                                             "most 1.1x the int8 size, about 70 s more; raw-GFL detectors: before "
+                                             "the 16x8 fallback, about 2 min more). Measured: neither MobileNetV2 "
+                                             "nor PicoDet-S COCO gets there (docs/benchmarks.md)."),
         bits: Optional[int] = typer.Option(None, "--bits", help="Index code width (default: the board's)."),
         calib_images: int = typer.Option(32, "--calib-images", min=1, help="How many photos calibrate int8 PTQ."),
         verify_images: int = typer.Option(16, "--verify-images", min=1, help="How many held-out photos every "
@@ -190,8 +192,8 @@ def register(app: typer.Typer) -> None:
         board: str = typer.Option("x86-64", "--board", help="Which artifacts to emit (a board's list)."),
         no_prune: bool = typer.Option(False, "--no-prune", help="Skip structured pruning."),
         allow_degraded: bool = typer.Option(False, "--allow-degraded", help="Keep artifacts below threshold."),
-        mixed_precision: bool = typer.Option(False, "--mixed-precision", help="As for 'convert': a raw-GFL "
-                                             "detector's mixed-precision int8 ladder before 16x8."),
+        mixed_precision: bool = typer.Option(False, "--mixed-precision", help="As for 'convert': the "
+                                             "mixed-precision int8 ladder."),
         bias_correction: bool = typer.Option(True, "--bias-correction/--no-bias-correction", help="As for "
                                              "'convert': an extractor's int8 TFLite twin with corrected biases."),
         calib_images: int = typer.Option(32, "--calib-images", min=1, help="How many photos calibrate int8 PTQ."),

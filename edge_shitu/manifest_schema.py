@@ -441,6 +441,8 @@ MANIFEST = Obj({
     "runtime": Key(Obj({
         "backend": Key(Str(_backend_names, accept=_backend_ok)),
         "precision": Key(Str(formats.PRECISIONS)),
+        "det_precision": Key(Str(formats.PRECISIONS)),
+        "det_precision_reason": Key(Str()),
         "threads": Key(Int(1, 1024)),
         "det_threshold": Key(Num(0, 1)),
         "max_det": Key(Int(0)),

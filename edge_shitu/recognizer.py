@@ -63,7 +63,8 @@ class Recognizer(Pipeline):
         """Load a bundle for recognition.
 
         Backend, precision and threads default to the bundle's board config; ``det_precision``
-        picks another precision for the detector alone; ``kernel`` ("auto" | "numpy" |
+        picks another precision for the detector alone (default: the manifest's
+        ``runtime.det_precision`` when no ``precision`` is passed, else ``precision``); ``kernel`` ("auto" | "numpy" |
         "native") the Hamming kernel; other keywords override :class:`Settings`
         (``rec_score_threshold``, ``det_threshold``, ``max_det``, ``rerank``, ...). Artifacts are
         checked against their manifest checksums before they are loaded.
@@ -77,9 +78,12 @@ class Recognizer(Pipeline):
         if not formats.BACKENDS[backend].device:
             raise EdgeShituError(f"--backend {backend} runs reference models, not bundle artifacts: use one of "
                                  f"{', '.join(n for n, i in formats.BACKENDS.items() if i.device)}")
+        explicit = precision
         precision = precision or rt.get("precision", "fp32")
         threads = int(threads or rt.get("threads", 1))
         kind = _runnable_kind(b, "rec", backend, precision)
+        if det_precision is None and explicit is None:  # the bundle's choice (e.g. fp32 over a 16x8 detector)
+            det_precision = rt.get("det_precision") if rt.get("det_precision") != precision else None
         det_kind = _runnable_kind(b, "det", backend, det_precision or precision) if b.has_detector else None
 
         rec_art = b.artifact("rec", kind)

@@ -322,6 +322,16 @@ def test_readme_demo_names_products_on_shelf_photos(demo_run: tuple[Path, subpro
     for r in s["photos"]:
         assert Path(r["visualization"]).is_file() and r["ms"] > 0
     assert "drew '#" not in proc.stderr  # every label was drawn in Chinese, no '#id' placeholder
+    # a 16x8 int8 detector (reference kernels, slower than fp32): the bundle runs its fp32 file
+    demo, _ = demo_run
+    m = json.loads((demo / "bundle" / "manifest.json").read_text(encoding="utf-8"))
+    sixteen = (s["det"]["tflite:int8"]["mode"] or "").startswith("16x8")
+    assert (m["runtime"].get("det_precision") == "fp32") == sixteen, (m["runtime"], s["det"])
+    if sixteen:
+        from edge_shitu import Recognizer
+
+        assert Recognizer.open(demo / "bundle").artifact_kind == "tflite:int8 (det fp32)"
+        assert Recognizer.open(demo / "bundle", precision="int8").artifact_kind == "tflite:int8"  # asked for
     print(f"\ndemo: {s['products']} products on {len(s['photos'])} shelf photos, {s['seconds']} s")
     err = cli("demo-bundle", "--gallery", str(tmp_path / "nowhere"), "--out", str(tmp_path / "d2"))
     assert err.returncode == 2 and "--gallery" in err.stderr

@@ -26,6 +26,7 @@ from edge_shitu.converters.int8_mixed import (
     best_of,
     channel_nsr,
     fake_quant,
+    fitting,
     float_nodes_for,
     float_op_types,
     ladder_sizes,
@@ -147,7 +148,8 @@ def test_take_mixed_leaves_int8_rejected_when_none_passes(tmp_path, monkeypatch)
     before = produced["int8"]
     rejected = {"int8": "missed"}
     export_tflite._take_mixed(produced, {"int8": None}, rejected, "ref", [], {"box_match": 0.95}, {"type": "gfl"})
-    assert produced["int8"] == before and rejected == {"int8": "missed"}  # the 16x8 rung comes next
+    assert produced["int8"] == before and list(rejected) == ["int8"]  # the 16x8 rung comes next
+    assert rejected["int8"].startswith("missed; none of 2 mixed-precision candidates passed; the largest, 7 ")
     assert produced["mixed_precision"]["chosen"] is None
     assert len(produced["mixed_precision"]["candidates_tried"]) == 2
 
@@ -158,7 +160,7 @@ CHILD = textwrap.dedent("""
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     import numpy as np
     import tensorflow as tf
-    from edge_shitu.converters.int8_mixed import ladder, rank
+    from edge_shitu.converters.int8_mixed import ladder, rank, read_graph
 
     rng = np.random.default_rng(0)
     inp = tf.keras.Input((12, 12, 3), batch_size=1)
@@ -189,9 +191,15 @@ CHILD = textwrap.dedent("""
     conv._experimental_calibrate_only = True
     calibrated = conv.convert()
     cands, scores, base = ladder(calibrated, images[:4], ks=(1, 2, 4))
-    print(json.dumps({"ranked": rank(scores), "scores": scores, "base": base,
-                      "cands": [{"k": c.k, "tensors": c.tensors, "float": c.float_nodes, "types": c.float_types,
-                                 "error": c.output_error, "bytes": len(c.model)} for c in cands]}))
+    # an extractor's shape: one op always float (its pooling block), the ladder capped in bytes
+    stem = next(op for op in read_graph(calibrated).types if "stem" in op)
+    capped, _, _ = ladder(calibrated, images[:4], ks=(1, 2, 4), always_float=[stem], max_bytes=1 << 20)
+    tiny, _, _ = ladder(calibrated, images[:4], ks=(1, 2, 4), always_float=[stem], max_bytes=64)
+    def rows(cs):
+        return [{"k": c.k, "tensors": c.tensors, "float": c.float_nodes, "types": c.float_types,
+                 "error": c.output_error, "bytes": len(c.model)} for c in cs]
+    print(json.dumps({"ranked": rank(scores), "scores": scores, "base": base, "stem": stem,
+                      "cands": rows(cands), "capped": rows(capped), "tiny": rows(tiny)}))
 """)
 
 
@@ -211,3 +219,19 @@ def test_ladder_keeps_the_hostile_tensor_float_first():
     assert first["types"] == []  # no op type had to be denylisted wholesale
     assert first["error"] < 0.2 * r["base"], (first["error"], r["base"])
     assert [c["k"] for c in r["cands"]] == sorted(c["k"] for c in r["cands"])
+    # always_float: in every candidate, never ranked; max_bytes: no file above it
+    capped = r["capped"]
+    assert capped and all(c["float"][0] == r["stem"] for c in capped), capped
+    assert all(r["stem"] not in c["tensors"] for c in capped)
+    assert r["tiny"] == []
+
+
+def test_fitting_keeps_worst_tensors_whose_float_weights_fit():
+    g = Graph(producer={"a": "A", "b": "B", "c": "C"}, consumers={"a": ["B"], "b": ["C"], "c": []})
+    weights = {"A": 10, "B": 1000, "C": 5}
+    # a tensor floats its producer and consumers: b -> B, C (1005 weights); a -> A, B (1010); c -> C (5)
+    assert fitting(["b", "a", "c"], g, weights, budget=3 * 20) == ["c"]  # too dear ones skipped, cheaper kept
+    assert fitting(["b", "a", "c"], g, weights, budget=3 * 1015) == ["b", "a", "c"]  # B and C paid once
+    assert fitting(["c", "a"], g, weights, budget=3 * 1015 - 1) == ["c"]
+    assert fitting(["c"], g, weights, budget=3 * 4) == []
+    assert fitting(["c"], g, weights, budget=0, already_float=["C"]) == ["c"]  # nothing new to pay

@@ -138,6 +138,7 @@ public final class Bundle {
                     throw bad("runtime.backend", "one of tflite, nb, onnx, paddle (or paddlelite, paddle-lite, litert)", be);
             }
             oneOf(rt, "precision", "runtime.precision", "fp32", "fp16", "int8");
+            oneOf(rt, "det_precision", "runtime.det_precision", "fp32", "fp16", "int8");
             intIn(rt, "threads", "runtime.threads", 1, 1024);
             numIn(rt, "det_threshold", "runtime.det_threshold", 0, 1);
             intIn(rt, "max_det", "runtime.max_det", 0, Long.MAX_VALUE);

@@ -135,7 +135,11 @@ public final class Recognizer {
         int threads = o.threads != null ? o.threads : rt.get("threads") instanceof Long ? (int) (long) (Long) rt.get("threads") : 1;
         String kind = "tflite:" + precision;
         Map<String, Object> recArt = b.artifact("rec", kind);
-        Map<String, Object> detArt = b.hasDetector() ? b.artifact("det", "tflite:" + (o.detPrecision != null ? o.detPrecision : precision)) : null;
+        // the detector: Options.detPrecision, else the manifest's runtime.det_precision (fp32 over a 16x8
+        // int8 file) when no precision was asked for, else the extractor's precision
+        String detPrecision = o.detPrecision != null ? o.detPrecision
+                : o.precision == null && rt.get("det_precision") instanceof String ? (String) rt.get("det_precision") : precision;
+        Map<String, Object> detArt = b.hasDetector() ? b.artifact("det", "tflite:" + detPrecision) : null;
         recPre = new Preprocess.Rec(b.model("rec").get("preprocess"), "rec.preprocess");
         indexFile = b.indexFile();
         if (!indexFile.exists()) throw new EsException(indexFile + ": no such index file; the bundle has no gallery: re-copy the bundle (" + b.root + ")");
@@ -150,7 +154,7 @@ public final class Recognizer {
         if (o.detThreshold != null) settings.detThreshold = o.detThreshold;
         if (o.maxDet != null) settings.maxDet = o.maxDet;
         if (o.rerank != null) settings.rerank = o.rerank;
-        artifactKind = o.detPrecision == null ? kind : kind + " (det " + o.detPrecision + ")";
+        artifactKind = detPrecision.equals(precision) || detArt == null ? kind : kind + " (det " + detPrecision + ")";
         Model r = models.open(recFile, kind, threads);
         Model d = null;
         try {
