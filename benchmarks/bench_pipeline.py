@@ -4,8 +4,10 @@
     user's ONNX file — the real PP-PicoDet-S COCO detector — or Paddle Inference with MKLDNN for a
     Paddle folder), the FP32 extractor (Paddle Inference, MKLDNN: the real MobileNetV2) and float
     brute-force cosine search over FP32 gallery features (PaddleClas: faiss IndexFlatIP);
-(b) the bundle: its TFLite detector (int8 configuration = the converter's int8 file, 16x8 when int8
-    activations missed the box gate) and int8 extractor, Hamming search over its binary index.
+(b) the bundle: its TFLite artifacts as `edge-shitu recognize` runs them ("bundle": the board's int8
+    extractor, and the detector the manifest names: fp32 when the int8 detector is a 16x8 file),
+    all-int8 ("int8": the 16x8 detector when int8 activations missed the box gate) and all-fp32,
+    Hamming search over its binary index.
 
 Both run through the same ``edge_shitu.pipeline.Pipeline`` (same PP-ShiTu steps: detector
 candidates + the whole photo, threshold, NMS over results; same preprocessing), on the same
@@ -45,8 +47,9 @@ sys.path.insert(0, str(ROOT))
 from edge_shitu.assets import asset  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / ".cache"
-# name -> (precision, detector precision or None for the same)
-CONFIGS = {"int8": ("int8", None), "int8-rec+fp32-det": ("int8", "fp32"), "fp32": ("fp32", None)}
+# name -> (precision, detector precision), None: the bundle's own choice (its board's precision; the
+# manifest's runtime.det_precision: fp32 when the int8 detector is a 16x8 file)
+CONFIGS = {"bundle": (None, None), "int8": ("int8", "int8"), "fp32": ("fp32", "fp32")}
 STAGES = ("det_pre", "det_infer", "det_post", "rec_pre", "rec_infer", "search", "nms", "total")
 
 

@@ -103,6 +103,13 @@ class Recognizer(Pipeline):
             elif details.get("cut_before_nms") and details.get("head"):
                 head = PicoDetHead.from_dict(details["head"])
             detector = Detector(open_backend(det_art.path, det_art.backend, threads), det_pre, head)
+        # numpy's BLAS / OpenCV helper threads busy-wait after their small per-photo jobs and take
+        # the cores from the interpreters (runtimes/helper_threads.py): one thread each
+        from edge_shitu.preprocess import _opencv
+        from edge_shitu.runtimes.helper_threads import limit_helper_threads
+
+        _opencv()
+        limit_helper_threads(1)
         s = Settings.from_runtime({**rt, "rerank": b.manifest["index"].get("rerank", 0)}, **settings)
         searcher = HammingSearcher(index, k=int(s.top_k), rerank=int(s.rerank))
         label = kind if not det_precision else f"{kind} (det {det_precision})"

@@ -39,6 +39,9 @@ class OnnxBackend:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
+        # no busy-waiting after a run: on a 2-core board its spinning threads would take the CPU
+        # from whatever runs next (the next stage, or the other side of an interleaved benchmark)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
