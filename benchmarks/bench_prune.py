@@ -57,7 +57,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="300 photos for the final figures, no TFLite")
     ap.add_argument("--budget", type=float, default=1.0, help="recall@1 budget in points (default 1.0)")
-    ap.add_argument("--calib", type=int, default=48, help="calibration photos (spread over the gallery)")
+    ap.add_argument("--calib", type=int, default=240, help="statistics photos (spread over the gallery; convert "
+                    "tops its calibration photos up to prune_reconstruct.RECONSTRUCT_IMAGES = 240 the same way)")
     ap.add_argument("--sample", type=int, default=2000, help="gallery photos (whole classes) for the search; a "
                     "sample smaller than the gallery under-states the drop")
     ap.add_argument("--runs", type=int, default=20)

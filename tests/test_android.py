@@ -273,10 +273,36 @@ def test_java_pipeline_equals_python_runtime(jar: Path, rpi4_bundle, assets: Pat
         assert proc.returncode == 1 and "WebP" in errors(proc)[0]
 
 
+def test_manifest_det_precision_picks_the_same_detector_in_java_and_python(jar: Path, rpi4_bundle, assets: Path,
+                                                                           tmp_path: Path) -> None:
+    """runtime.det_precision (written when the int8 detector is a 16x8 file): both runtimes run the
+    detector it names when no precision is asked for, and say so in the same words."""
+    pytest.importorskip("ai_edge_litert")
+    if not (OUT / "host" / "libLiteRt.so").exists():
+        pytest.skip("ai-edge-litert's libLiteRt.so not found: pip install ai-edge-litert")
+    b = _linked_bundle(rpi4_bundle.path, tmp_path / "b")
+    m = json.loads((b / "manifest.json").read_text(encoding="utf-8"))
+    if "tflite:fp32" not in {a["kind"] for a in m["det"]["artifacts"]} or m["runtime"]["precision"] != "int8":
+        pytest.skip("the session bundle has no int8 board / fp32 detector pair")
+    m["runtime"].update(det_precision="fp32", det_precision_reason="test")
+    (b / "manifest.json").write_text(json.dumps(m), encoding="utf-8")
+    photo = _photos(assets)[0][0]
+    got = json.loads(java("recognize", b, photo, "--json").stdout)
+    py = subprocess.run([sys.executable, "-m", "edge_shitu.cli", "recognize", str(b), str(photo), "--json"],
+                        capture_output=True, text=True, timeout=600, env={**os.environ, "EDGE_SHITU_RESIZE": "numpy"})
+    assert py.returncode == 0, py.stderr[-2000:]
+    want = json.loads(py.stdout)
+    assert got["artifact"] == want["artifact"] == "tflite:int8 (det fp32)"
+    assert [o["label"] for o in got["images"][0]["objects"]] == [o["label"] for o in want["images"][0]["objects"]]
+    asked = json.loads(java("recognize", b, photo, "--precision", "int8", "--json").stdout)
+    assert asked["artifact"] == "tflite:int8"  # a precision asked for wins over the manifest's choice
+
+
 # ----------------------------------------------------------------------------- manifest checks
 MANIFEST_KEYS = [
     "format", "format_version", "board", "board.name", "board.max_image_pixels", "runtime", "runtime.backend",
-    "runtime.precision", "runtime.threads", "runtime.det_threshold", "runtime.max_det", "runtime.rec_score_threshold",
+    "runtime.precision", "runtime.det_precision", "runtime.threads", "runtime.det_threshold", "runtime.max_det",
+    "runtime.rec_score_threshold",
     "runtime.rec_nms_iou", "runtime.top_k", "runtime.rerank", "index", "index.file", "index.bits", "index.method",
     "index.items", "index.labels", "index.rerank", "index.rerank_vectors", "rec", "rec.feature_dim", "rec.preprocess",
     "rec.preprocess.size", "rec.preprocess.interp", "rec.preprocess.resize", "rec.preprocess.scale",

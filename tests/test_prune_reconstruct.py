@@ -154,3 +154,23 @@ def test_convert_falls_back_where_the_method_does_not_apply(tmp_path: Path) -> N
     assert len(opts.warnings) == 2 and all("falling back to the sensitivity method" in w for w in opts.warnings)
     assert "extractor only" in opts.warnings[0] and "labelled gallery" in opts.warnings[1]
     assert said == opts.warnings
+
+
+def test_statistics_feeds_tops_calibration_up_with_spread_gallery_photos() -> None:
+    from types import SimpleNamespace
+
+    from edge_shitu.converters.prune_reconstruct import statistics_feeds
+
+    pre = SimpleNamespace(batch=lambda ims: np.stack([np.full((3, 4, 4), float(im[0, 0, 0]), np.float32)
+                                                      for im in ims]))
+    calib = [{"x": np.zeros((1, 3, 4, 4), np.float32)} for _ in range(3)]
+    images = [np.full((8, 8, 3), i, np.uint8) for i in range(20)]
+    feeds = statistics_feeds(calib, images, pre, n=8)
+    assert len(feeds) == 8 and feeds[:3] == calib
+    picked = [int(f["x"][0, 0, 0, 0]) for f in feeds[3:]]
+    assert picked == [0, 5, 10, 14, 19]  # evenly over the gallery, first and last included
+    assert len(statistics_feeds(calib, images[:2], pre, n=8)) == 5  # each photo at most once
+    assert statistics_feeds(calib, images, None, n=8) == calib  # nothing to make feeds with
+    assert statistics_feeds(calib, images, pre, n=2) == calib  # already enough
+    odd = SimpleNamespace(batch=lambda ims: np.zeros((1, 3, 5, 5), np.float32))
+    assert statistics_feeds(calib, images, odd, n=8) == calib  # feeds of another shape are not mixed in

@@ -137,8 +137,10 @@ public final class Recognizer {
         Map<String, Object> recArt = b.artifact("rec", kind);
         // the detector: Options.detPrecision, else the manifest's runtime.det_precision (fp32 over a 16x8
         // int8 file) when no precision was asked for, else the extractor's precision
-        String detPrecision = o.detPrecision != null ? o.detPrecision
-                : o.precision == null && rt.get("det_precision") instanceof String ? (String) rt.get("det_precision") : precision;
+        Object fromManifest = o.precision == null ? rt.get("det_precision") : null;
+        String detAsked = o.detPrecision != null ? o.detPrecision
+                : fromManifest instanceof String && !fromManifest.equals(precision) ? (String) fromManifest : null;
+        String detPrecision = detAsked != null ? detAsked : precision;
         Map<String, Object> detArt = b.hasDetector() ? b.artifact("det", "tflite:" + detPrecision) : null;
         recPre = new Preprocess.Rec(b.model("rec").get("preprocess"), "rec.preprocess");
         indexFile = b.indexFile();
@@ -154,7 +156,7 @@ public final class Recognizer {
         if (o.detThreshold != null) settings.detThreshold = o.detThreshold;
         if (o.maxDet != null) settings.maxDet = o.maxDet;
         if (o.rerank != null) settings.rerank = o.rerank;
-        artifactKind = detPrecision.equals(precision) || detArt == null ? kind : kind + " (det " + detPrecision + ")";
+        artifactKind = detAsked == null ? kind : kind + " (det " + detAsked + ")";  // as the Python Recognizer says it
         Model r = models.open(recFile, kind, threads);
         Model d = null;
         try {
