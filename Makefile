@@ -119,7 +119,7 @@ DEVICE_TESTS := tests/test_index_format.py tests/test_search.py tests/test_hashi
   tests/test_native.py tests/test_cli_index.py tests/test_boards.py tests/test_bundle.py tests/test_c_reader.py \
   tests/test_pipeline.py tests/test_formats.py tests/test_fuzz_index.py tests/test_fuzz_regressions.py \
   tests/test_hardening_bundle.py tests/test_hardening_atomic.py tests/test_hardening_images.py tests/test_gfl_head.py \
-  tests/test_native_preprocess.py
+  tests/test_native_preprocess.py tests/test_helper_threads.py
 
 test: setup native-deps android-deps ## the whole test suite (numpy 1.26 venv, the numpy 2 device venv, bounded fuzzing)
 	-$(MAKE) --no-print-directory cross  # cross tests skip, saying why, where this cannot build

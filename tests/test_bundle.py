@@ -101,23 +101,3 @@ def test_newer_format_and_malformed_manifest(tmp_path: Path) -> None:
     with pytest.raises(EdgeShituError, match="not a bundle directory"):
         Bundle.open(tmp_path / "nope")
 
-
-def test_runtime_det_precision_prefers_fp32_over_a_16x8_detector(tmp_path: Path) -> None:
-    """A 16x8 int8 detector runs on TFLite's reference kernels (slower than fp32 everywhere): the
-    manifest names the fp32 file for the runtime; a real int8 detector, or no fp32 file, changes nothing."""
-    from edge_shitu.converters.convert import det_runtime_precision
-    from edge_shitu.manifest_schema import MANIFEST, ManifestError, check
-
-    def entries(mode: str, fp32: bool = True) -> list[dict]:
-        e = [{"kind": "tflite:int8", "details": {"int8_mode": mode}}]
-        return e + ([{"kind": "tflite:fp32", "details": {}}] if fp32 else [])
-
-    rt = det_runtime_precision(entries("16x8: int16 activations, int8 weights"), "tflite", "int8")
-    assert rt["det_precision"] == "fp32" and "16x8" in rt["det_precision_reason"]
-    assert det_runtime_precision(entries("full-integer int8"), "tflite", "int8") == {}
-    assert det_runtime_precision(entries("16x8: x", fp32=False), "tflite", "int8") == {}
-    assert det_runtime_precision(entries("16x8: x"), "tflite", "fp32") == {}
-    runtime = MANIFEST.keys["runtime"].node  # the schema takes the key, and only a known precision
-    check({"precision": "int8", **rt}, runtime, "runtime")
-    with pytest.raises(ManifestError, match="det_precision"):
-        check({"precision": "int8", "det_precision": "int4"}, runtime, "runtime")
