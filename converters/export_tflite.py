@@ -116,16 +116,16 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
 
         if job.get("float_pooling") or job.get("mse_ranges"):
             try:  # a refinement: any failure falls back to TF's plain int8 conversion, and says why
-                data, mode, float_ops, calibrated = _refined_int8(converter, representative_dataset, job)
+                data, mode, block, calibrated = _refined_int8(converter, representative_dataset, job)
                 result["int8_mode"] = mode
-                if float_ops:
-                    result["float_ops"] = float_ops
+                if block:
+                    result["float_ops"] = [o for o, _ in block]
                 if job.get("bias_correction"):  # a twin; the parent keeps it only where it measures better
                     result.update(_bias_corrected_twin(data, calibrated, representative_dataset, work))
                 if job.get("mixed_int8"):  # an extractor's ladder: pooling block float, size-capped
                     best = Path(result.get("int8_bias_corrected") or "")
                     result.update(_extractor_mixed_ladder(
-                        best.read_bytes() if best.is_file() else data, calibrated, float_ops,
+                        best.read_bytes() if best.is_file() else data, calibrated, [n for _, n in block],
                         representative_dataset, work, bool(job.get("bias_correction"))))
             except Exception as e:
                 data, mode = _plain_int8(converter)
@@ -191,23 +191,24 @@ EXTRACTOR_LADDER_K = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 EXTRACTOR_SKIP_COSINE = 0.999
 
 
-def _extractor_mixed_ladder(int8: bytes, calibrated: bytes, pooling_ops: Sequence[str], representative_dataset: Any,
+def _extractor_mixed_ladder(int8: bytes, calibrated: bytes, block: Sequence[str], representative_dataset: Any,
                             work: Path, bias_correction: bool) -> dict[str, Any]:
     """An extractor's mixed-precision candidates (``int8_mixed``), fewest float tensors first: the
     worst-ranked activation tensors kept float beside the pooling block, on the MSE-ranged
     calibrated model the int8 file came from, each bias-corrected like the int8 file, none more
     than ``EXTRACTOR_MIXED_SIZE_CAP`` x the int8 file's size. None when the int8 file already
-    matches float closely on the ranking images (the parent gates; this only saves the time)."""
+    matches float closely on the ranking images (the parent gates; this only saves the time).
+    ``block``: the pooling block's node names, as the int8 file kept them float."""
     from edge_shitu.converters.int8_bias import correct_biases
     from edge_shitu.converters.int8_mixed import RANK_IMAGES, RANKED_BY, ladder, run_model
 
     try:
         images = list(_first_input(representative_dataset()))
         probe = images[:RANK_IMAGES]
-        cos = _mean_cosine(run_model(int8, probe), run_model(calibrated, probe))
+        refs = run_model(calibrated, probe)  # the float outputs every figure here is measured against
+        cos = _mean_cosine(run_model(int8, probe), refs)
         if cos >= EXTRACTOR_SKIP_COSINE:
             return {"int8_mixed_skipped": f"int8 cosine {cos:.4f} to float on {len(probe)} calibration images"}
-        block = [n for _, n in pooling_block(_op_list(calibrated))] if pooling_ops else []
         cands, _, base = ladder(calibrated, probe, EXTRACTOR_LADDER_K, always_float=block,
                                 max_bytes=int(len(int8) * EXTRACTOR_MIXED_SIZE_CAP))
         out = []
@@ -221,7 +222,7 @@ def _extractor_mixed_ladder(int8: bytes, calibrated: bytes, pooling_ops: Sequenc
             out.append({"file": str(f), "k": cand.k, "ranges": f"MSE ranges{note}", "tensors": cand.tensors,
                         "float_layers": [n for n in cand.float_nodes if n not in block],
                         "float_op_types": cand.float_types, "output_error": round(cand.output_error, 5),
-                        "probe_cosine": round(_mean_cosine(run_model(model, probe), run_model(calibrated, probe)), 5)})
+                        "probe_cosine": round(_mean_cosine(run_model(model, probe), refs), 5)})
     except Exception as e:  # an optional rung: the manifest says why there is none
         return {"int8_mixed_error": f"{type(e).__name__}: {str(e)[:160]}"}
     return {"int8_mixed": out,
@@ -231,12 +232,10 @@ def _extractor_mixed_ladder(int8: bytes, calibrated: bytes, pooling_ops: Sequenc
 
 
 def _mean_cosine(outs: Sequence[Sequence[np.ndarray]], refs: Sequence[Sequence[np.ndarray]]) -> float:
-    """Mean cosine of each image's first output to the reference's (an extractor's embedding)."""
-    cs = []
-    for o, r in zip(outs, refs):
-        a, b = np.ravel(o[0]).astype(np.float64), np.ravel(r[0]).astype(np.float64)
-        cs.append(float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)))
-    return float(np.mean(cs)) if cs else 0.0
+    """Mean over images of the cosine of the first output (an extractor's embedding) to the reference's."""
+    from edge_shitu.converters.paddle_model import mean_row_cosine
+
+    return mean_row_cosine(np.stack([o[0] for o in outs]), np.stack([r[0] for r in refs]))
 
 
 A16W8 = "16x8: int16 activations, int8 weights (TFLite reference kernels), float32 input/output"
@@ -289,12 +288,13 @@ def _plain_int8(converter: Any) -> tuple[bytes, str]:
 
 
 def _refined_int8(converter: Any, representative_dataset: Any,
-                  job: Mapping[str, Any]) -> tuple[bytes, str, list[str], bytes]:
+                  job: Mapping[str, Any]) -> tuple[bytes, str, list[tuple[str, str]], bytes]:
     """One calibration pass, then MSE ranges and/or a float pooling block, then quantization.
 
     The pooling block and the fallback check both read the calibrated model itself, so the names
     handed to the quantizer are the very names it sees (and no second conversion is needed).
-    Returns (model, int8_mode, the kept-float pooling ops, the calibrated float model).
+    Returns (model, int8_mode, the kept-float pooling block as (op type, node name) pairs, the
+    calibrated float model).
     """
     import tensorflow as tf
 
@@ -314,7 +314,7 @@ def _refined_int8(converter: Any, representative_dataset: Any,
     fallback = float_fallback_ops(_op_list(data, dtypes=True), {n for _, n in block})
     mode = FULL_INT8 if not fallback else \
         f"int8 ops with float fallback ({', '.join(sorted(set(fallback)))}), float32 input/output"
-    return data, "; ".join([mode, *notes]), [o for o, _ in block], calibrated
+    return data, "; ".join([mode, *notes]), block, calibrated
 
 
 BIAS_CORRECTION_IMAGES = 8  # calibration images the biases are measured on (each layer runs them all; 16: +0.0003)

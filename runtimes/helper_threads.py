@@ -5,8 +5,8 @@ head, normalising features), but OpenBLAS and OpenCV run it on worker threads th
 for a while (OpenBLAS ~0.1 s by default). On a 2-4 core board those spinning workers take the
 cores from the TFLite interpreter that runs next. Measured on this 2-core host, `make demo`'s
 bundle over the 13 shelf photos: detector inference 51.8 ms per photo with both libraries
-threaded, 41.2 ms with OpenCV on one thread, 33.0 ms with OpenBLAS too (the interpreter alone:
-32 ms); end to end 103 -> 83 ms (docs/benchmarks.md).
+threaded, 41.2 ms with OpenCV on one thread, 30.3 ms with OpenBLAS too (the interpreter alone:
+28-32 ms); end to end 103 -> 82 ms (docs/benchmarks.md).
 
 OpenBLAS is reached through its C API in the already-loaded library (the way threadpoolctl does
 it, without the dependency): numpy's wheels bundle it under a suffixed name.
@@ -35,6 +35,7 @@ def _openblas_libs() -> list[str]:
 
 
 def _call(lib: ctypes.CDLL, names: tuple, *args: int) -> int | None:
+    """The first of ``names`` the library exports, called with ``args``; None when it has none."""
     for name in names:
         fn = getattr(lib, name, None)
         if fn is not None:
@@ -65,14 +66,8 @@ def limit_helper_threads(n: int = 1) -> dict[str, int]:
     done: dict[str, int] = {}
     for path in _openblas_libs():
         try:
-            lib = ctypes.CDLL(path)
-            for name in _SETTERS:
-                fn = getattr(lib, name, None)
-                if fn is not None:
-                    fn.argtypes = [ctypes.c_int]
-                    fn(n)
-                    done[path] = n
-                    break
+            if _call(ctypes.CDLL(path), _SETTERS, n) is not None:
+                done[path] = n
         except OSError:
             continue
     cv2 = sys.modules.get("cv2")
