@@ -3,6 +3,7 @@
 
     python benchmarks/bench_convert.py                       # v1, v2, det, mnv2 (~25-40 min on 2 cores)
     python benchmarks/bench_convert.py --models v1,mnv2      # a subset
+    python benchmarks/bench_convert.py --models mnv2r        # MobileNetV2 pruned with reconstruction
     python benchmarks/bench_convert.py --quick               # fewer images and timing runs
 
 Per model and artifact: file size, median latency at 1 and 2 threads, fidelity against the FP32
@@ -11,7 +12,9 @@ MKLDNN at the same thread counts, is timed in the same run, interleaved with the
 (this machine is noisy: read the ratios, not the milliseconds).
 
 Models: the real PP-ShiTu graphs (v1 extractor, v2 extractor, mainbody detector) with synthesized
-weights, and torchvision's MobileNetV2 with REAL ImageNet weights as an extractor (`mnv2`).
+weights, and torchvision's MobileNetV2 with REAL ImageNet weights as an extractor (`mnv2`;
+`mnv2r`: the same pruned by `--prune-method reconstruct` within one recall@1 point on the drink
+gallery, its TFLite files timed beside the unpruned ones: the pruning's own speed gain).
 Every artifact is produced by the toolchain's own code path (converters.convert.convert_model:
 prune, PTQ, .nb, ONNX, TFLite, verification), here with --allow-degraded so that the synthetic
 models' int8 figures are reported rather than refused.
@@ -89,34 +92,62 @@ def _interleaved_latency(runners: dict[str, Any], feed: dict[str, np.ndarray], r
     return median_ms(interleaved(calls, runs, warmup=3))
 
 
-def bench_model(name: str, work: Path, n_calib: int, n_verify: int, runs: int) -> list[dict[str, Any]]:
+def _gallery(n: int) -> tuple[list[np.ndarray], list[str]]:
+    """``n`` labelled drink gallery photos (whole classes, convert's recall sample) for the
+    reconstruct pruning's recall budget."""
+    from edge_shitu.converters.task_gate import sample_rows
+    from edge_shitu.gallery import read_gallery
+
+    root = asset(*DRINK_GALLERY)
+    decoded = list(read_gallery(root, root / "drink_label_all.txt").images())
+    labels = [it.label for it, _ in decoded]
+    rows = sample_rows(labels, n)
+    return [decoded[i][1] for i in rows], [labels[i] for i in rows]
+
+
+def bench_model(name: str, work: Path, n_calib: int, n_verify: int, runs: int,
+                recall_photos: int = 2000) -> list[dict[str, Any]]:
+    """``mnv2r``: MobileNetV2 pruned by ``--prune-method reconstruct`` (the largest cut within one
+    recall@1 point on the drink gallery), its TFLite files timed in the same run as the unpruned
+    model's ("unpruned ..." rows): ``prune_speedup`` is the pruning's own gain per format."""
     from edge_shitu.converters.convert import ConvertOptions, convert_model
     from edge_shitu.runtimes.backend import open_backend
 
-    kind, model_dir, weights = _model_dir(name, work)
+    kind, model_dir, weights = _model_dir("mnv2" if name == "mnv2r" else name, work)
     opts = ConvertOptions(prune=True, allow_degraded=True, n_calib=n_calib, n_verify=n_verify,
                           latency_runs=3, latency_threads=(1,))
+    arts, twins = ARTIFACTS, {}
+    say = partial(_say, name)
+    if name == "mnv2r":
+        opts.prune_method, opts.prune_gallery = "reconstruct", _gallery(recall_photos)
+        arts = kinds(backend="tflite", precision="int8") + kinds(backend="tflite", precision="fp32")
+        plain = convert_model(model_dir, kind, _photos(n_calib, 0), _photos(n_verify, 500), arts,
+                              work / f"{name}_plain", work / f"{name}_plain_work",
+                              ConvertOptions(prune=False, allow_degraded=True, n_calib=n_calib, n_verify=n_verify,
+                                             latency_runs=3, latency_threads=(1,)), say)
+        twins = {f"unpruned {e['kind']}": (e, work / f"{name}_plain" / Path(e["file"]).name) for e in plain.entries}
     t0 = time.time()
-    res = convert_model(model_dir, kind, _photos(n_calib, 0), _photos(n_verify, 500), ARTIFACTS, work / f"{name}_out",
-                        work / f"{name}_work", opts, lambda m: print(f"  [{name}] {m}", flush=True))
+    res = convert_model(model_dir, kind, _photos(n_calib, 0), _photos(n_verify, 500), arts, work / f"{name}_out",
+                        work / f"{name}_work", opts, say)
     seconds = time.time() - t0
     feed = _feed(kind, model_dir)
     rows = [{"model": name, "weights": weights, "artifact": "paddle:fp32 (MKLDNN)", "bytes": res.reference["bytes"],
              "fidelity": 1.0, "pruned": False}]
-    paths = {"paddle:fp32 (MKLDNN)": None}
-    for e in res.entries:
+    paths: dict[str, Path | None] = {"paddle:fp32 (MKLDNN)": None}
+    entries = [(e["kind"], e, work / f"{name}_out" / Path(e["file"]).name) for e in res.entries]
+    for k, e, p in [*entries, *((k, e, p) for k, (e, p) in twins.items())]:
         f = e["fidelity"]
         fid = f.get("cosine_mean", f.get("box_recall_iou50"))
-        rows.append({"model": name, "weights": weights, "artifact": e["kind"], "bytes": e["bytes"], "fidelity": fid,
+        rows.append({"model": name, "weights": weights, "artifact": k, "bytes": e["bytes"], "fidelity": fid,
                      "fidelity_min": f.get("cosine_min"), "verified": f.get("verified"), "pruned": e.get("pruned"),
                      "degraded": bool(f.get("degraded"))})
-        paths[e["kind"]] = work / f"{name}_out" / Path(e["file"]).name
+        paths[k] = p
     for threads in (1, 2):
         runners: dict[str, Any] = {"paddle:fp32 (MKLDNN)": open_backend(model_dir, "paddle", threads=threads)}
         for k, p in paths.items():
-            if p is None or not artifact_format(k).runs_here():  # arm .nb files cannot run on x86 (see docs)
+            if p is None or not artifact_format(k.removeprefix("unpruned ")).runs_here():  # arm .nb: not on x86
                 continue
-            runners[k] = open_backend(p, artifact_format(k).backend, threads=threads)
+            runners[k] = open_backend(p, artifact_format(k.removeprefix("unpruned ")).backend, threads=threads)
         lat = _interleaved_latency(runners, feed, runs)
         for r in rows:
             r[f"ms_{threads}t"] = lat.get(r["artifact"])
@@ -126,11 +157,20 @@ def bench_model(name: str, work: Path, n_calib: int, n_verify: int, runs: int) -
             ms = r.get(f"ms_{t}t")
             r[f"speedup_{t}t"] = ref[f"ms_{t}t"] / ms if ms else None
         r["size_ratio"] = ref["bytes"] / r["bytes"]
+        twin = next((t for t in rows if t["artifact"] == f"unpruned {r['artifact']}"), None)
+        for t in (1, 2):
+            if twin is not None and r.get(f"ms_{t}t") and twin.get(f"ms_{t}t"):
+                r[f"prune_speedup_{t}t"] = twin[f"ms_{t}t"] / r[f"ms_{t}t"]
     rows[0]["convert_seconds"] = round(seconds, 1)
     if res.pruning:
-        rows[0]["pruning"] = {k: res.pruning.get(k) for k in ("params_before", "params_after", "flops_before",
-                                                               "flops_after", "fidelity")}
+        keep = ("method", "params_before", "params_after", "flops_before", "flops_after", "macs_before",
+                "macs_after", "macs_reduction", "fidelity", "recall", "target")
+        rows[0]["pruning"] = {k: res.pruning[k] for k in keep if k in res.pruning}
     return rows
+
+
+def _say(name: str, msg: str) -> None:
+    print(f"  [{name}] {msg}", flush=True)
 
 
 def _feed(kind: str, model_dir: Path) -> dict[str, np.ndarray]:
@@ -154,7 +194,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(f"{r['model']:5} {r['weights'][:12]:12} {r['artifact']:22} {r['bytes'] / 1e6:7.2f} "
               f"{r['size_ratio']:9.2f} {f(r.get('ms_1t'), '8.2f')} {f(r.get('speedup_1t'), '8.2f')} "
               f"{f(r.get('ms_2t'), '8.2f')} {f(r.get('speedup_2t'), '8.2f')} {f(r.get('fidelity'), '9.5f')}"
-              f"{' (degraded)' if r.get('degraded') else ''}")
+              f"{' (degraded)' if r.get('degraded') else ''}"
+              + (f"  pruning: {r['prune_speedup_1t']:.2f}x @1t, {r['prune_speedup_2t']:.2f}x @2t"
+                 if r.get("prune_speedup_1t") and r.get("prune_speedup_2t") else ""))
     print("x fast / x smaller: FP32 Paddle Inference (MKLDNN) time or size divided by the artifact's, same run, "
           "same threads. nb:arm rows: size only (arm kernels do not run on x86; verified through their x86 twin).")
 

@@ -64,6 +64,9 @@ class ConvertOptions:
     # extractors' int8 TFLite: a bias-corrected twin (converters/int8_bias.py) is made, verified
     # beside the plain file and kept only where its cosine to FP32 measures higher
     bias_correction: bool = True
+    # extractors' int8 TFLite: a twin with output-aware weight rounding (converters/int8_rounding.py,
+    # AdaRound's objective), verified beside the others and kept only where it measures higher
+    weight_rounding: bool = False
     # mixed-precision int8 TFLite (converters/int8_mixed.py), opt-in: the most int8-sensitive
     # activation tensors kept float, fewest first, the first file passing the default gate taken;
     # extractors: files at most 1.1x the int8 size; raw-GFL detectors: before 16x8. Measured, none
@@ -75,7 +78,8 @@ class ConvertOptions:
     bits: int | None = None
     # "reference": the gallery index holds FP32 Paddle features (the workstation's best view of the
     # gallery; the device's int8 queries then carry the only quantization noise: measured 0.8-1.7
-    # recall point better with a 256-bit index than both sides int8, bench_accuracy).
+    # recall point better with a 256-bit index than both sides int8, bench_accuracy); a pruned
+    # extractor's gallery is embedded by its pruned FP32 program (the model the device runs).
     # "artifact": embedded by the board's primary artifact, exactly as `gallery add` on the device.
     gallery_features: str = "reference"
     work_dir: Path | None = None
@@ -177,6 +181,7 @@ class ModelResult:
     extra: dict[str, Any] = field(default_factory=dict)
     runnable: dict[str, Path] = field(default_factory=dict)  # artifact kind -> a host-runnable file
     prepared: Any = None  # converters/model_source.PreparedModel
+    pruned_dir: Path | None = None  # the pruned FP32 Paddle program, when pruning removed anything
 
 
 def _latency(path: Path, backend: str, feeds: Feeds, opts: ConvertOptions) -> dict[str, Any]:
@@ -219,7 +224,7 @@ def _gate(art: Any, precision: str, stage: str, opts: ConvertOptions) -> dict[st
 
 DETAIL_KEYS = ("int8_mode", "float_ops", "converter", "calibration_samples", "head", "cut_before_nms", "verified_by",
                "route", "x86_twin_fidelity", "program_fixes", "onnx_rewrites", "bias_correction",
-               "mixed_precision")
+               "weight_rounding", "mixed_precision")
 
 
 def _details(art: Any) -> dict[str, Any]:
@@ -298,7 +303,7 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
         artifact_format(a)  # an unknown kind fails before any work
 
     # ---- prune
-    pruned_dir, pruning = model_dir, None
+    pruned_dir, pruning, verify_ref = model_dir, None, reference_path
     if opts.prune:
         report: Any = None
         if opts.prune_method not in ("sensitivity", "reconstruct"):
@@ -313,6 +318,12 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
                                  eval_feeds=verify[:8], budget=opts.fidelity_budget, prune_ratio=opts.prune_ratio)
         pruned_dir = Path(report.out_dir)
         pruning = report.to_dict()
+    if pruning is not None and pruning.get("method") == "reconstruct" and pruned_dir != model_dir:
+        # a recall-budgeted cut moves the features on purpose (cosine ~0.98 vs the user's model): the
+        # artifacts are checked against the pruned FP32 program (is each conversion faithful?), and the
+        # cut plus the conversion are gated together by the task gate, against the user's FP32 model
+        verify_ref = pruned_dir
+        pruning["artifacts_verified_against"] = "the pruned FP32 program (the task gate: the user's FP32 model)"
 
     from edge_shitu.converters.verify import PERMISSIVE
 
@@ -321,6 +332,7 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
     # head); an extractor's int8 TFLite keeps its global pooling float, with MSE activation ranges
     options: dict[str, Any] = {"cut_before_nms": True} if kind == "det" else {
         "float_pooling": True, "mse_ranges": True, "bias_correction": opts.bias_correction,
+        "weight_rounding": opts.weight_rounding,
         "mixed_precision": opts.mixed_precision}
     if prepared.head is not None:  # a raw GFL head: no NMS in the graph, nothing to cut; gated on its boxes
         options = {"gfl_head": prepared.head, "mixed_precision": opts.mixed_precision}
@@ -353,7 +365,7 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
             inter = exporter.kind_named(source, "fp32")
             need(artifact_format(inter).source)
             # a cut detector's ONNX is checked against its pruned program, cut the same way
-            cut_ref = None if kind == "det" and prepared.head is None else reference_path
+            cut_ref = None if kind == "det" and prepared.head is None else verify_ref
             art = exporter.export(job([inter], work, cut_ref))[0]
             sources[source] = art.path
             if art.details.get("head") is not None:
@@ -365,7 +377,7 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
     for group in exporter.groups(artifacts):
         for k in group:
             need(artifact_format(k).source)
-        for art in exporter.export(job(group, out_dir, reference_path)):
+        for art in exporter.export(job(group, out_dir, verify_ref)):
             entry = _entry(art, out_dir.parent, pruned_flag, verify[0], opts, f"{kind} {art.kind}")
             if prepared.head is not None:  # decoded on the device by edge_shitu/gfl_head.py
                 entry["details"] = {**(entry.get("details") or {}), "head": prepared.head}
@@ -391,7 +403,8 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
         reference = {"bytes": Path(reference_path).stat().st_size, "params": count_params(load_model(model_dir)),
                      "engine": "onnxruntime", "input_format": prepared.format,
                      "latency_ms": _latency(Path(reference_path), "onnx", verify[0], opts), **prepared.details}
-    return ModelResult(kind, pre_dict, entries, reference, pruning, runnable=runnable, prepared=prepared)
+    return ModelResult(kind, pre_dict, entries, reference, pruning, runnable=runnable, prepared=prepared,
+                       pruned_dir=pruned_dir if pruned_flag else None)
 
 
 # ---------------------------------------------------------------- gallery
@@ -423,6 +436,7 @@ def spread_rows(n: int, k: int) -> list[int]:
     return sorted(set(np.linspace(0, n - 1, num=k).round().astype(int).tolist()))
 
 
+PRUNED_GALLERY = "paddle:fp32 pruned"  # gallery.esidx META extractor_artifact of a pruned bundle
 AGREEMENT_GATES = {"fp32": 0.99, "fp16": 0.99, "int8": 0.97}
 
 
@@ -561,7 +575,8 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
         prepared = rec.prepared
         pre = prepared.pre
         ref_model = Path(prepared.reference)
-        # ---- the gallery: FP32 reference features (default) or the device's primary artifact's
+        # ---- the gallery: FP32 reference features (default; the pruned FP32 program's when pruned) or the
+        # device's primary artifact's
         say(f"gallery: FP32 reference features of {len(images)} photos")
         ref_feats = embed(None if prepared.legacy else ref_model, None if prepared.legacy else "onnx", ref_model,
                           pre, images)
@@ -572,6 +587,11 @@ def convert(rec_dir: Path, gallery_dir: Path, board_name: str, out: Path, *, det
         primary_art = (rec.runnable.get(primary) if primary else None) or next(iter(rec.runnable.values()), None)
         rows = spread_rows(len(images), opts.n_agree)
         feats, embedded_by = ref_feats, "paddle:fp32 reference"
+        if rec.pruned_dir is not None and opts.gallery_features == "reference":
+            # the device runs (and adds gallery photos with) the pruned model: its FP32 program embeds
+            # the gallery; the task gate still measures against the user's FP32 model (ref_feats)
+            say(f"gallery: FP32 features of the pruned extractor for {len(images)} photos")
+            feats, embedded_by = embed(None, None, rec.pruned_dir, pre, images), PRUNED_GALLERY
         if opts.gallery_features == "artifact" and primary_art is not None:
             say(f"gallery: embedding {len(images)} photos with {primary_art.name}")
             feats, embedded_by = embed(primary_art, None, ref_model, pre, images), primary_art.name

@@ -122,6 +122,9 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
                     result["float_ops"] = [o for o, _ in block]
                 if job.get("bias_correction"):  # a twin; the parent keeps it only where it measures better
                     result.update(_bias_corrected_twin(data, calibrated, representative_dataset, work))
+                if job.get("weight_rounding"):  # another twin, kept only where it measures better still
+                    result.update(_rounded_twin(data, calibrated, representative_dataset, work,
+                                                bool(job.get("bias_correction"))))
                 if job.get("mixed_int8"):  # an extractor's ladder: pooling block float, size-capped
                     best = Path(result.get("int8_bias_corrected") or "")
                     result.update(_extractor_mixed_ladder(
@@ -320,6 +323,25 @@ def _refined_int8(converter: Any, representative_dataset: Any,
 BIAS_CORRECTION_IMAGES = 8  # calibration images the biases are measured on (each layer runs them all; 16: +0.0003)
 
 
+def _rounded_twin(data: bytes, calibrated: bytes, representative_dataset: Any, work: Path,
+                  bias_correction: bool) -> dict[str, Any]:
+    """The int8 file with output-aware weight rounding (``int8_rounding``; then its biases
+    corrected, with ``bias_correction``), or why there is none."""
+    from edge_shitu.converters.int8_bias import correct_biases
+    from edge_shitu.converters.int8_rounding import round_weights
+
+    images = list(_first_input(representative_dataset()))[:BIAS_CORRECTION_IMAGES]
+    try:
+        fixed, figures = round_weights(data, calibrated, images)
+        if bias_correction:
+            fixed, figures["biases_corrected"] = correct_biases(fixed, calibrated, images)
+    except Exception as e:  # an optional refinement: the other files stand, and the manifest says why
+        return {"weight_rounding_error": f"{type(e).__name__}: {str(e)[:160]}"}
+    out = work / "model_int8_rounded.tflite"
+    out.write_bytes(fixed)
+    return {"int8_rounded": str(out), "weight_rounding_figures": figures}
+
+
 def _bias_corrected_twin(data: bytes, calibrated: bytes, representative_dataset: Any, work: Path) -> dict[str, Any]:
     """The int8 file with empirically corrected biases (``int8_bias``), or why there is none."""
     from edge_shitu.converters.int8_bias import correct_biases
@@ -448,6 +470,7 @@ def to_tflite(
     mse_ranges: bool = False,
     gfl_head: Optional[Mapping[str, Any]] = None,
     bias_correction: bool = False,
+    weight_rounding: bool = False,
     mixed_precision: bool = False,
     on_fail: str = "raise",
 ) -> dict[str, Artifact]:
@@ -465,6 +488,8 @@ def to_tflite(
     ``bias_correction`` (with either refinement): an int8 twin with empirically corrected biases
     (``int8_bias``) is verified beside the plain int8 file and replaces it when its cosine to the
     reference is higher and it passes the same gate (same size: only int32 biases differ).
+    ``weight_rounding``: another twin whose int8 weights are re-rounded to lower each layer's output
+    error (``int8_rounding``; biases then corrected with ``bias_correction``), kept the same way.
     ``gfl_head`` (a raw-GFL-head detector: the manifest's head dict): every precision is gated on
     its decoded boxes against the reference's; when int8 activations miss that gate the int8 file
     is replaced (``mixed_precision``, opt-in) by the first mixed-precision candidate that passes
@@ -520,7 +545,7 @@ def to_tflite(
                "rtpo": ["hardswish"] if replace_hardswish else [], "float_pooling": float_pooling,
                "mse_ranges": mse_ranges, "a16w8": gfl_head is not None and "int8" in precisions,
                "mixed_int8": mixed_precision and (gfl_head is not None or float_pooling) and "int8" in precisions,
-               "bias_correction": bias_correction}
+               "bias_correction": bias_correction, "weight_rounding": weight_rounding}
         logs: list[str] = []
         produced = run_worker("edge_shitu.converters.export_tflite", job, timeout=CONVERT_TIMEOUT_S, env=env,
                               cwd=work, log=logs, stage=f"TFLite conversion of {onnx_path.name}")
@@ -553,6 +578,8 @@ def to_tflite(
             if p == "int8" and produced.get("int8_bias_corrected"):
                 _take_bias_corrected(produced, fidelities, rejected, reference, verify_feeds, th, head, cut_dir,
                                      gfl_head)
+            if p == "int8" and (produced.get("int8_rounded") or produced.get("weight_rounding_error")):
+                _take_rounded(produced, fidelities, rejected, reference, verify_feeds, th, head, cut_dir, gfl_head)
             if p == "int8" and produced.get("int8_mixed_skipped") and p in rejected:
                 rejected[p] += f"; no mixed-precision ladder ({produced['int8_mixed_skipped']})"
             if p == "int8" and ("int8_mixed" in produced or "int8_mixed_error" in produced) \
@@ -602,6 +629,8 @@ def to_tflite(
                 details["int8_mode"] = produced.get("int8_mode", "")
                 if produced.get("bias_correction"):
                     details["bias_correction"] = produced["bias_correction"]
+                if produced.get("weight_rounding"):
+                    details["weight_rounding"] = produced["weight_rounding"]
                 details["calibration_samples"] = n_calib
                 if produced.get("float_ops"):
                     details["float_ops"] = produced["float_ops"]
@@ -640,6 +669,34 @@ def _take_bias_corrected(produced: dict[str, Any], fidelities: dict[str, Any], r
         produced["int8"], fidelities["int8"] = produced["int8_bias_corrected"], fid
         layers = produced["bias_correction"]["layers"]
         produced["int8_mode"] = f"{produced.get('int8_mode', '')}; biases corrected ({layers} layers)"
+        rejected.pop("int8", None)
+
+
+def _take_rounded(produced: dict[str, Any], fidelities: dict[str, Any], rejected: dict[str, str],
+                  reference: Any, verify_feeds: Sequence[Feeds], gate: Mapping[str, float], head: Any,
+                  cut_dir: Optional[Path], gfl_head: Optional[Mapping[str, Any]]) -> None:
+    """Verify the re-rounded int8 twin; it replaces the int8 file chosen so far when it passes
+    ``gate`` and its mean cosine is higher. ``produced["weight_rounding"]`` records both figures."""
+    if produced.get("weight_rounding_error"):
+        produced["weight_rounding"] = {"error": produced["weight_rounding_error"], "kept": False}
+        return
+    best = fidelities.get("int8")
+    try:
+        fid = verify_in_process(Path(produced["int8_rounded"]), "tflite", reference, verify_feeds,
+                                stage="tflite-int8 (weights re-rounded)", thresholds=gate, head=head, cut_dir=cut_dir,
+                                gfl=gfl_head)
+    except EdgeShituError as e:
+        fid, why = getattr(e, "fidelity", None), str(e)
+    else:
+        why = ""
+    before = None if best is None else round(float(best.cosine_mean), 6)
+    after = None if fid is None else round(float(fid.cosine_mean), 6)
+    kept = not why and after is not None and (before is None or "int8" in rejected or after > before)
+    produced["weight_rounding"] = {**produced.get("weight_rounding_figures", {}), "cosine_mean_before": before,
+                                   "cosine_mean_rounded": after, "kept": kept}
+    if kept:
+        produced["int8"], fidelities["int8"] = produced["int8_rounded"], fid
+        produced["int8_mode"] = f"{produced.get('int8_mode', '')}; weights re-rounded (output-aware)"
         rejected.pop("int8", None)
 
 
@@ -721,8 +778,8 @@ def export(job: ExportJob) -> list[Artifact]:
     """The exporter contract (``converters/exporter.py``) for ``tflite:*`` kinds: every precision
     from the fp32 ONNX source in one onnx2tf child process, int8 calibrated on the image input of
     ``job.calibration``. Options: ``detector_head`` (a detector cut before NMS: the ONNX export's
-    ``details["head"]``), ``float_pooling``, ``mse_ranges``, ``bias_correction``, ``mixed_precision``,
-    ``replace_hardswish``."""
+    ``details["head"]``), ``float_pooling``, ``mse_ranges``, ``bias_correction``, ``weight_rounding``,
+    ``mixed_precision``, ``replace_hardswish``."""
     precisions = [artifact_format(k).precision for k in job.kinds]
     calib = None
     if job.calibration:
@@ -731,7 +788,7 @@ def export(job: ExportJob) -> list[Artifact]:
     job.progress(f"{job.model}: TFLite {', '.join(precisions)} (onnx2tf, int8 calibrated on "
                  f"{len(job.calibration or [])} images)")
     opts = {k: job.options[k] for k in ("detector_head", "float_pooling", "mse_ranges", "replace_hardswish", "gfl_head",
-                                        "bias_correction", "mixed_precision")
+                                        "bias_correction", "weight_rounding", "mixed_precision")
             if k in job.options}
     arts = to_tflite(job.source_for(job.kinds[0]), job.out_dir, name=job.model, precisions=precisions,
                      calibration=calib, verify_feeds=job.verify_feeds, reference=job.reference,

@@ -145,13 +145,16 @@ def correct_biases(quantized: bytes, calibrated: bytes, images: Sequence[np.ndar
     return bytes(work), changed
 
 
-def bias_view(model_bytes: bytearray, buffer_index: int) -> np.ndarray:
-    """A writable int32 view of one buffer's data inside a TFLite flatbuffer."""
+def bias_view(model_bytes: bytearray, buffer_index: int, dtype: Any = np.int32) -> np.ndarray:
+    """A writable view of one buffer's data inside a TFLite flatbuffer (int32 biases; int8
+    weights for ``int8_rounding``)."""
     from tensorflow.lite.python import schema_py_generated as schema_fb
 
+    size = np.dtype(dtype).itemsize
     buf = schema_fb.Model.GetRootAs(model_bytes, 0).Buffers(buffer_index)
     n = buf.DataLength()
-    if n == 0 or n % 4:
-        raise ValueError(f"buffer {buffer_index} holds {n} bytes, not int32 values inside the flatbuffer")
+    if n == 0 or n % size:
+        raise ValueError(f"buffer {buffer_index} holds {n} bytes, not {np.dtype(dtype).name} values inside the "
+                         "flatbuffer")
     start = buf._tab.Vector(buf._tab.Offset(4))  # Buffer.data is field 0 (vtable slot 4)
-    return np.frombuffer(model_bytes, np.int32, n // 4, start)
+    return np.frombuffer(model_bytes, dtype, n // size, start)

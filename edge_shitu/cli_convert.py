@@ -110,6 +110,10 @@ def register(app: typer.Typer) -> None:
                                              "TFLite: also make a twin with each conv's bias corrected by its "
                                              "measured mean error (layer by layer), verify both, keep the one closer "
                                              "to FP32 (about 50 s more for MobileNetV2 on 2 cores)."),
+        weight_rounding: bool = typer.Option(False, "--weight-rounding/--no-weight-rounding", help="Extractor int8 "
+                                             "TFLite: also make a twin whose int8 weights are re-rounded to lower "
+                                             "each layer's output error (AdaRound's objective), verify it, keep it "
+                                             "where it is closer to FP32."),
         mixed_precision: bool = typer.Option(False, "--mixed-precision", help="int8 TFLite that misses its "
                                              "default gate: try files with the most int8-sensitive layers kept "
                                              "float, fewest first, and keep the first that passes (extractors: at "
@@ -133,7 +137,8 @@ def register(app: typer.Typer) -> None:
                                           "(whole labels, seeded) are embedded per artifact for the recall gate."),
         gallery_features: str = typer.Option(
             "reference", "--gallery-features", help="What embeds the gallery index: 'reference' (FP32 Paddle on "
-            "this machine: the cleanest gallery, the device's queries carry the only quantization noise) or "
+            "this machine: the cleanest gallery, the device's queries carry the only quantization noise; the "
+            "pruned FP32 program when pruning removed channels) or "
             "'artifact' (the board's primary artifact, as 'gallery add' on the device does)."),
         json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
     ) -> None:
@@ -165,6 +170,7 @@ def register(app: typer.Typer) -> None:
                            prune_ratio=prune_ratio, prune_method=prune_method,
                            prune_recall_budget=prune_recall_budget, fidelity_budget=budget, calib_dir=calib,
                            allow_degraded=allow_degraded, bias_correction=bias_correction,
+                           weight_rounding=weight_rounding,
                            mixed_precision=mixed_precision, bits=bits,
                            n_calib=calib_images, n_verify=verify_images,
                            n_agree=agree_images, gallery_features=gallery_features, det_preprocess=det_preprocess,
@@ -196,6 +202,8 @@ def register(app: typer.Typer) -> None:
                                              "mixed-precision int8 ladder."),
         bias_correction: bool = typer.Option(True, "--bias-correction/--no-bias-correction", help="As for "
                                              "'convert': an extractor's int8 TFLite twin with corrected biases."),
+        weight_rounding: bool = typer.Option(False, "--weight-rounding/--no-weight-rounding", help="As for "
+                                             "'convert': an int8 TFLite twin with output-aware weight rounding."),
         calib_images: int = typer.Option(32, "--calib-images", min=1, help="How many photos calibrate int8 PTQ."),
         verify_images: int = typer.Option(16, "--verify-images", min=1, help="How many held-out photos every "
                                           "artifact is compared with the FP32 reference on."),
@@ -229,7 +237,8 @@ def register(app: typer.Typer) -> None:
         from edge_shitu.converters.convert import convert_model as run
 
         opts = ConvertOptions(prune=not no_prune, allow_degraded=allow_degraded, mixed_precision=mixed_precision,
-                              bias_correction=bias_correction, n_calib=calib_images,
+                              bias_correction=bias_correction, weight_rounding=weight_rounding,
+                              n_calib=calib_images,
                               n_verify=verify_images, preprocess={kind: preprocess} if preprocess else {},
                               det_classes=det_classes)
         check_input(model, kind, opts)  # a model of the wrong kind fails before any photo is decoded

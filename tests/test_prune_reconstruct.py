@@ -174,3 +174,62 @@ def test_statistics_feeds_tops_calibration_up_with_spread_gallery_photos() -> No
     assert statistics_feeds(calib, images, pre, n=2) == calib  # already enough
     odd = SimpleNamespace(batch=lambda ims: np.zeros((1, 3, 5, 5), np.float32))
     assert statistics_feeds(calib, images, odd, n=8) == calib  # feeds of another shape are not mixed in
+
+
+def test_convert_indexes_a_pruned_extractors_gallery_with_its_pruned_fp32_program(mnv2: Path, tmp_path: Path) -> None:
+    """The device runs (and adds gallery photos with) the pruned model, so the index must hold the
+    pruned FP32 program's features; its artifacts are checked against that program (a 40% cut
+    misses the fp32 file's 0.9999 cosine gate against the unpruned model by design: the task gate
+    judges the cut)."""
+    import json
+    import shutil
+
+    from edge_shitu import convert
+    from edge_shitu.converters.convert import PRUNED_GALLERY, embed
+    from edge_shitu.gallery_index import GalleryIndex, quantize_rows
+    from edge_shitu.preprocess import RecPreprocess, load_image
+    from tests.conftest import require_asset
+
+    src = require_asset("drink", "gallery")
+    lines = (src / "drink_label.txt").read_text(encoding="utf-8").splitlines()
+    by_label: dict[str, list[str]] = {}
+    for line in lines:
+        rel, _, label = line.partition("\t")
+        if len(by_label.setdefault(label, [])) < 2:
+            by_label[label].append(rel)
+    picked = [(rel, lab) for lab, rels in list(by_label.items())[:12] for rel in rels]
+    gal = tmp_path / "gallery"
+    for rel, _ in picked:
+        (gal / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, gal / rel)
+    (gal / "labels.txt").write_text("".join(f"{r}\t{lab}\n" for r, lab in picked), encoding="utf-8")
+    board = json.loads((Path(__file__).resolve().parent.parent / "board_configs" / "x86-64.json").read_text())
+    board.update(name="x86-tflite-int8", artifacts=["tflite:int8"])
+    (tmp_path / "board.json").write_text(json.dumps(board), encoding="utf-8")
+    work = tmp_path / "work"
+    # any cut passes a 100-point budget: the largest candidate is taken, so something is pruned (24
+    # photos: one query is 4.2 points); the int8 file also gets the re-rounded-weights twin
+    m = convert(mnv2, gal, str(tmp_path / "board.json"), tmp_path / "bundle", labels=gal / "labels.txt",
+                prune_method="reconstruct", prune_recall_budget=100.0, recall_budget=100.0, work_dir=work,
+                n_calib=4, n_verify=4, weight_rounding=True, progress=lambda msg: None)
+    assert m["rec"]["pruning"]["method"] == "reconstruct"
+    assert m["rec"]["pruning"]["macs_reduction"] >= 0.3
+    int8 = m["rec"]["artifacts"][0]
+    assert m["rec"]["pruning"]["artifacts_verified_against"].startswith("the pruned FP32 program")
+    wr = int8["details"]["weight_rounding"]  # export_tflite's twin: measured, kept only where better
+    print(f"\nweight rounding: {wr}")
+    assert wr["layers"] >= 45 and 0 < wr["flipped"] < wr["weights"] and wr["error_after"] < wr["error_before"]
+    assert wr["kept"] == (wr["cosine_mean_rounded"] > wr["cosine_mean_before"])
+    assert int8["fidelity"]["cosine_mean"] == pytest.approx(max(wr["cosine_mean_rounded"],
+                                                                wr["cosine_mean_before"]), abs=1e-5)
+    assert ("weights re-rounded" in int8["details"]["int8_mode"]) == wr["kept"]
+    index = GalleryIndex.open(tmp_path / "bundle" / "gallery.esidx")
+    assert index.info()["meta"]["extractor_artifact"] == PRUNED_GALLERY
+    pre = RecPreprocess.from_dict(m["rec"]["preprocess"])
+    images = [load_image(gal / rel) for rel, _ in picked]
+    stored = index._d.vectors  # the re-rank int8 features (format 1.1), quantized from the gallery's
+    same = {name: float((quantize_rows(embed(None, None, d, pre, images)) == stored).mean())
+            for name, d in (("pruned", work / "rec_pruned"), ("unpruned", mnv2))}
+    print(f"\nstored int8 features equal to the re-quantized features of: {same}")
+    assert same["pruned"] >= 0.999  # the same program on the same photos: the same int8 rows
+    assert same["unpruned"] <= 0.95  # cosine ~0.9998 here (fitted on these photos), yet many rows differ
