@@ -14,6 +14,9 @@ features of the gallery, which is what `edge-shitu convert` puts in a bundle by 
 
     .venv/bin/python benchmarks/bench_accuracy.py            # ~25 min on 2 cores, cached per step
     .venv/bin/python benchmarks/bench_accuracy.py --quick    # 300 photos, no pruning
+    .venv/bin/python benchmarks/bench_accuracy.py --prune-method reconstruct --weight-rounding
+        # a 25%-style cut within 1 point (convert's), rows "/ pruned fp32 gallery" (a pruned bundle's
+        # index), and the int8 TFLite twin with re-rounded weights where it measures better
 
 Prints one table, writes benchmarks/results/bench_accuracy.{json,png}.
 """
@@ -56,8 +59,11 @@ def gallery_items(gallery: Path, quick: bool) -> tuple[list[Path], list[str]]:
     return [it.path for it in items], [it.label for it in items]
 
 
-def convert(rec: Path, photos: list[np.ndarray], prune: bool) -> dict[str, Path]:
-    """The toolchain's convert_model on the extractor: every artifact kind, degraded ones kept."""
+def convert(rec: Path, photos: list[np.ndarray], prune: bool, method: str = "sensitivity",
+            gallery: tuple[list[np.ndarray], list[str]] | None = None, weight_rounding: bool = False
+            ) -> dict[str, Path]:
+    """The toolchain's convert_model on the extractor: every artifact kind, degraded ones kept.
+    ``method="reconstruct"`` prunes within one recall@1 point on ``gallery`` (photos, labels)."""
     from edge_shitu.converters.convert import ConvertOptions, convert_model, split_images
 
     out, work = CACHE / "artifacts", CACHE / "work"
@@ -65,7 +71,8 @@ def convert(rec: Path, photos: list[np.ndarray], prune: bool) -> dict[str, Path]
     if done.exists():
         return {k: Path(v) for k, v in json.loads(done.read_text()).items()}
     calib, verify = split_images(photos, 32, 16)
-    opts = ConvertOptions(prune=prune, allow_degraded=True, work_dir=work, latency_threads=(1,), latency_runs=3)
+    opts = ConvertOptions(prune=prune, allow_degraded=True, work_dir=work, latency_threads=(1,), latency_runs=3,
+                          prune_method=method, prune_gallery=gallery, weight_rounding=weight_rounding)
     res = convert_model(rec, "rec", calib, verify, ARTIFACTS, out, work, opts,
                         lambda m: print(f"convert: {m}", file=sys.stderr))
     models: dict[str, Path] = {"paddle:fp32": rec}
@@ -73,7 +80,9 @@ def convert(rec: Path, photos: list[np.ndarray], prune: bool) -> dict[str, Path]
         models["paddle:fp32 pruned"] = work / "rec_pruned"
     models["paddle:int8 (PTQ)"] = work / "rec_int8"
     models.update(res.runnable)
-    info = {e["kind"]: {"pruned": e.get("pruned"), "fidelity": e.get("fidelity", {}).get("cosine_mean")}
+    info = {e["kind"]: {"pruned": e.get("pruned"), "fidelity": e.get("fidelity", {}).get("cosine_mean"),
+                        "int8_mode": (e.get("details") or {}).get("int8_mode"),
+                        "weight_rounding": (e.get("details") or {}).get("weight_rounding")}
             for e in res.entries}
     (CACHE / "conversion.json").write_text(json.dumps({"entries": info, "pruning": res.pruning}, indent=1))
     done.write_text(json.dumps({k: str(v) for k, v in models.items()}))
@@ -146,6 +155,10 @@ def main() -> int:
     ap.add_argument("--gallery", type=Path, help="labelled gallery (default: ../shared/assets drink gallery)")
     ap.add_argument("--quick", action="store_true", help="300 photos, no pruning (a smoke run)")
     ap.add_argument("--no-prune", action="store_true")
+    ap.add_argument("--prune-method", default="sensitivity", choices=("sensitivity", "reconstruct"),
+                    help="reconstruct: the largest cut within 1 recall@1 point on the gallery; rows "
+                         "'/ pruned fp32 gallery' then query the pruned FP32 program's gallery (a pruned bundle's)")
+    ap.add_argument("--weight-rounding", action="store_true", help="the int8 TFLite twin with re-rounded weights")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_accuracy.json")
     args = ap.parse_args()
@@ -159,6 +172,8 @@ def main() -> int:
     global CACHE
     if args.quick:
         CACHE = CACHE.parent / "accuracy-quick"
+    if args.prune_method != "sensitivity" or args.weight_rounding:
+        CACHE = CACHE.parent / (CACHE.name + f"-{args.prune_method}" + ("-wr" if args.weight_rounding else ""))
     CACHE.mkdir(parents=True, exist_ok=True)
     rec = CACHE / "mnv2"
     if not (rec / "inference.pdiparams").exists():
@@ -166,7 +181,11 @@ def main() -> int:
     paths, labels = gallery_items(gallery, args.quick)
     pre = RecPreprocess.from_dict(json.loads((rec / "preprocess.json").read_text())["preprocess"])
     calib_photos = [load_image(p) for p in paths[:: max(1, len(paths) // 48)][:48]]
-    models = convert(rec, calib_photos, prune=not (args.quick or args.no_prune))
+    prune = not (args.quick or args.no_prune)
+    gal = None
+    if prune and args.prune_method == "reconstruct":
+        gal = ([load_image(p) for p in paths], labels)
+    models = convert(rec, calib_photos, prune, args.prune_method, gal, args.weight_rounding)
     rows: dict[str, dict[str, dict[str, float]]] = {}
     feats = {name: embed_all(name, path, paths, pre, args.threads) for name, path in models.items()}
     for name, f in feats.items():
@@ -174,6 +193,10 @@ def main() -> int:
     for name, f in feats.items():  # a bundle's gallery: FP32 reference features (convert --gallery-features)
         if name != "paddle:fp32":
             rows[f"{name} / fp32 gallery"] = score(f, labels, gallery=feats["paddle:fp32"])
+    if args.prune_method == "reconstruct" and "paddle:fp32 pruned" in feats:  # a pruned bundle's gallery
+        for name, f in feats.items():
+            if name not in ("paddle:fp32", "paddle:fp32 pruned"):
+                rows[f"{name} / pruned fp32 gallery"] = score(f, labels, gallery=feats["paddle:fp32 pruned"])
 
     kinds = [n for n, *_ in INDEXES]
     print(f"\nleave-one-out on {len(paths)} photos, {len(set(labels))} classes: recall@1 / mAP@5")
@@ -182,7 +205,8 @@ def main() -> int:
         print(f"{m:<36}" + "".join(f"{r[k]['recall@1']:>10.4f} /{r[k]['mAP@5']:.4f}" for k in kinds))
     base = rows["paddle:fp32"]["float"]["recall@1"]
     target = {}
-    for row, what in ((f"{INT8_TFLITE} / fp32 gallery", "bundle default: FP32 reference gallery, int8 queries"),
+    for row, what in ((f"{INT8_TFLITE} / pruned fp32 gallery", "pruned bundle: pruned FP32 gallery, int8 queries"),
+                      (f"{INT8_TFLITE} / fp32 gallery", "bundle default: FP32 reference gallery, int8 queries"),
                       (INT8_TFLITE, "int8 on both sides (convert --gallery-features artifact)")):
         if row not in rows:
             continue

@@ -645,59 +645,51 @@ def to_tflite(
     return results
 
 
-def _take_bias_corrected(produced: dict[str, Any], fidelities: dict[str, Any], rejected: dict[str, str],
-                         reference: Any, verify_feeds: Sequence[Feeds], gate: Mapping[str, float], head: Any,
-                         cut_dir: Optional[Path], gfl_head: Optional[Mapping[str, Any]]) -> None:
-    """Verify the bias-corrected int8 twin; it replaces the plain file when it passes ``gate`` and
-    its mean cosine is higher. ``produced["bias_correction"]`` records both figures either way."""
-    plain = fidelities.get("int8")
+def _try_twin(produced: dict[str, Any], fidelities: dict[str, Any], rejected: dict[str, str], key: str,
+              stage: str, mode: str, reference: Any, verify_feeds: Sequence[Feeds], gate: Mapping[str, float],
+              head: Any, cut_dir: Optional[Path], gfl_head: Optional[Mapping[str, Any]]) -> tuple[Any, Any, bool]:
+    """Verify the int8 twin ``produced[key]``; it replaces the int8 file chosen so far when it
+    passes ``gate`` and its mean cosine is higher (or that file was rejected). Returns the mean
+    cosines (so far, twin) and whether it was kept; ``mode`` is appended to ``int8_mode`` if so."""
+    so_far = fidelities.get("int8")
     try:
-        fid = verify_in_process(Path(produced["int8_bias_corrected"]), "tflite", reference, verify_feeds,
-                                stage="tflite-int8 (bias-corrected)", thresholds=gate, head=head, cut_dir=cut_dir,
-                                gfl=gfl_head)
+        fid = verify_in_process(Path(produced[key]), "tflite", reference, verify_feeds, stage=stage, thresholds=gate,
+                                head=head, cut_dir=cut_dir, gfl=gfl_head)
     except EdgeShituError as e:
         fid, why = getattr(e, "fidelity", None), str(e)
     else:
         why = ""
-    before = None if plain is None else round(float(plain.cosine_mean), 6)
+    before = None if so_far is None else round(float(so_far.cosine_mean), 6)
     after = None if fid is None else round(float(fid.cosine_mean), 6)
     kept = not why and after is not None and (before is None or "int8" in rejected or after > before)
-    produced["bias_correction"] = {"layers": produced.get("bias_corrected_layers", 0),
-                                   "images": produced.get("bias_correction_images", 0),
-                                   "cosine_mean_plain": before, "cosine_mean_corrected": after, "kept": kept}
     if kept:
-        produced["int8"], fidelities["int8"] = produced["int8_bias_corrected"], fid
-        layers = produced["bias_correction"]["layers"]
-        produced["int8_mode"] = f"{produced.get('int8_mode', '')}; biases corrected ({layers} layers)"
+        produced["int8"], fidelities["int8"] = produced[key], fid
+        produced["int8_mode"] = f"{produced.get('int8_mode', '')}; {mode}"
         rejected.pop("int8", None)
+    return before, after, kept
+
+
+def _take_bias_corrected(produced: dict[str, Any], fidelities: dict[str, Any], rejected: dict[str, str],
+                         *verify: Any) -> None:
+    """The bias-corrected twin (``_try_twin``); ``produced["bias_correction"]`` records both figures."""
+    layers = produced.get("bias_corrected_layers", 0)
+    before, after, kept = _try_twin(produced, fidelities, rejected, "int8_bias_corrected",
+                                    "tflite-int8 (bias-corrected)", f"biases corrected ({layers} layers)", *verify)
+    produced["bias_correction"] = {"layers": layers, "images": produced.get("bias_correction_images", 0),
+                                   "cosine_mean_plain": before, "cosine_mean_corrected": after, "kept": kept}
 
 
 def _take_rounded(produced: dict[str, Any], fidelities: dict[str, Any], rejected: dict[str, str],
-                  reference: Any, verify_feeds: Sequence[Feeds], gate: Mapping[str, float], head: Any,
-                  cut_dir: Optional[Path], gfl_head: Optional[Mapping[str, Any]]) -> None:
-    """Verify the re-rounded int8 twin; it replaces the int8 file chosen so far when it passes
-    ``gate`` and its mean cosine is higher. ``produced["weight_rounding"]`` records both figures."""
+                  *verify: Any) -> None:
+    """The re-rounded-weights twin (``_try_twin``), after the bias-corrected one;
+    ``produced["weight_rounding"]`` records both figures, or why there is no twin."""
     if produced.get("weight_rounding_error"):
         produced["weight_rounding"] = {"error": produced["weight_rounding_error"], "kept": False}
         return
-    best = fidelities.get("int8")
-    try:
-        fid = verify_in_process(Path(produced["int8_rounded"]), "tflite", reference, verify_feeds,
-                                stage="tflite-int8 (weights re-rounded)", thresholds=gate, head=head, cut_dir=cut_dir,
-                                gfl=gfl_head)
-    except EdgeShituError as e:
-        fid, why = getattr(e, "fidelity", None), str(e)
-    else:
-        why = ""
-    before = None if best is None else round(float(best.cosine_mean), 6)
-    after = None if fid is None else round(float(fid.cosine_mean), 6)
-    kept = not why and after is not None and (before is None or "int8" in rejected or after > before)
+    before, after, kept = _try_twin(produced, fidelities, rejected, "int8_rounded", "tflite-int8 (weights re-rounded)",
+                                    "weights re-rounded (output-aware)", *verify)
     produced["weight_rounding"] = {**produced.get("weight_rounding_figures", {}), "cosine_mean_before": before,
                                    "cosine_mean_rounded": after, "kept": kept}
-    if kept:
-        produced["int8"], fidelities["int8"] = produced["int8_rounded"], fid
-        produced["int8_mode"] = f"{produced.get('int8_mode', '')}; weights re-rounded (output-aware)"
-        rejected.pop("int8", None)
 
 
 def _take_mixed(produced: dict[str, Any], fidelities: dict[str, Any], rejected: dict[str, str], reference: Any,

@@ -6,16 +6,13 @@ TFLite part runs in a child interpreter and prints its figures as JSON.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
 from importlib.util import find_spec
 
 import numpy as np
 import pytest
 
 from edge_shitu.converters.int8_bias import RELU6, channel_mean_error, unclipped
+from tests.tflite_child import run_child
 
 
 def test_unclipped_excludes_positions_either_side_clipped():
@@ -32,11 +29,7 @@ def test_channel_mean_error_is_per_channel_over_unclipped_positions():
     assert err.tolist() == pytest.approx([0.5, -1.0])
 
 
-CHILD = textwrap.dedent("""
-    import json, os, sys
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    import numpy as np
-    import tensorflow as tf
+CHILD = """
     from edge_shitu.converters.int8_bias import correct_biases
     from edge_shitu.converters.int8_ranges import quantize_calibrated, refine_ranges
 
@@ -52,30 +45,10 @@ CHILD = textwrap.dedent("""
         v = rng.standard_normal(w.shape).astype(np.float32) * (0.6 if len(w.shape) > 1 else 0.2)
         w.assign(v * np.where(rng.random(w.shape) < 0.05, 6.0, 1.0).astype(np.float32))
     images = [rng.standard_normal((1, 16, 16, 3)).astype(np.float32) * 1.5 for _ in range(24)]
-
-    def rep():
-        for im in images[:16]:
-            yield [im]
-
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = rep
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv._experimental_calibrate_only = True
-    calibrated = conv.convert()
+    calibrated = calibrate_only(model, images[:16])
     calibrated, _ = refine_ranges(calibrated, images[:16])
     plain = quantize_calibrated(calibrated)
     fixed, layers = correct_biases(plain, calibrated, images[:16])
-
-    def run(m, ims):
-        it = tf.lite.Interpreter(model_content=m)
-        it.allocate_tensors()
-        outs = []
-        for im in ims:
-            it.set_tensor(it.get_input_details()[0]["index"], im)
-            it.invoke()
-            outs.append(it.get_tensor(it.get_output_details()[0]["index"]).copy())
-        return np.concatenate(outs)
 
     def bias(m, ims):  # mean over channels of |mean output error per channel|
         ref = run(calibrated, ims)
@@ -94,14 +67,12 @@ CHILD = textwrap.dedent("""
                       "bias_plain": bias(plain, seen), "bias_fixed": bias(fixed, seen),
                       "held_bias_plain": bias(plain, held), "held_bias_fixed": bias(fixed, held),
                       "rmse_plain": rmse(plain, held), "rmse_fixed": rmse(fixed, held)}))
-""")
+"""
 
 
 @pytest.mark.skipif(find_spec("tensorflow") is None, reason="TensorFlow (the conversion extra) is not installed")
 def test_bias_correction_removes_channel_mean_error_at_the_same_size():
-    proc = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = run_child(CHILD)
     assert r["layers"] >= 1
     # only int32 bias values change, in place: same size, no byte outside the biases differs
     assert r["size_fixed"] == r["size_plain"] and 0 < r["differ"] <= r["bias_bytes"], r

@@ -6,10 +6,6 @@ TFLite part runs in a child interpreter on a tiny Keras model and prints its fig
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
 from importlib.util import find_spec
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,6 +30,7 @@ from edge_shitu.converters.int8_mixed import (
     rank,
 )
 from edge_shitu.errors import EdgeShituError
+from tests.tflite_child import run_child
 
 
 def test_fake_quant_is_int8_steps_over_a_range_holding_zero():
@@ -155,11 +152,7 @@ def test_take_mixed_leaves_int8_rejected_when_none_passes(tmp_path, monkeypatch)
 
 
 # ----------------------------------------------------------------------------- ranking a real TFLite model
-CHILD = textwrap.dedent("""
-    import json, os
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    import numpy as np
-    import tensorflow as tf
+CHILD = """
     from edge_shitu.converters.int8_mixed import ladder, rank, read_graph
 
     rng = np.random.default_rng(0)
@@ -179,17 +172,7 @@ CHILD = textwrap.dedent("""
     w[:, :, 0, :] /= 500.0  # the big channel counts no more than the others downstream
     model.get_layer("rescale").set_weights([w, b])
     images = [rng.standard_normal((1, 12, 12, 3)).astype(np.float32) for _ in range(8)]
-
-    def rep():
-        for im in images:
-            yield [im]
-
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = rep
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv._experimental_calibrate_only = True
-    calibrated = conv.convert()
+    calibrated = calibrate_only(model, images)
     cands, scores, base = ladder(calibrated, images[:4], ks=(1, 2, 4))
     # an extractor's shape: one op always float (its pooling block), the ladder capped in bytes
     stem = next(op for op in read_graph(calibrated).types if "stem" in op)
@@ -200,14 +183,12 @@ CHILD = textwrap.dedent("""
                  "error": c.output_error, "bytes": len(c.model)} for c in cs]
     print(json.dumps({"ranked": rank(scores), "scores": scores, "base": base, "stem": stem,
                       "cands": rows(cands), "capped": rows(capped), "tiny": rows(tiny)}))
-""")
+"""
 
 
 @pytest.mark.skipif(find_spec("tensorflow") is None, reason="TensorFlow (the conversion extra) is not installed")
 def test_ladder_keeps_the_hostile_tensor_float_first():
-    proc = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = run_child(CHILD)
     top = r["ranked"][0]
     assert "hostile" in top, r["ranked"]
     assert r["scores"][top] > 0.5 and all(s < 0.3 for n, s in r["scores"].items() if n != top), r["scores"]

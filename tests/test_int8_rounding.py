@@ -8,16 +8,13 @@ model, as test_int8_bias.py does, and prints its figures as JSON.
 from __future__ import annotations
 
 import itertools
-import json
-import subprocess
-import sys
-import textwrap
 from importlib.util import find_spec
 
 import numpy as np
 import pytest
 
 from edge_shitu.converters.int8_rounding import flip_rounding, output_error, patches
+from tests.tflite_child import run_child
 
 
 def _layer(rng: np.random.Generator, rows: int, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -69,11 +66,7 @@ def test_patches_match_a_naive_convolution(stride: int, same: bool) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
 
-CHILD = textwrap.dedent("""
-    import json, os
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    import numpy as np
-    import tensorflow as tf
+CHILD = """
     from edge_shitu.converters.int8_ranges import quantize_calibrated
     from edge_shitu.converters.int8_rounding import round_weights
 
@@ -86,29 +79,9 @@ CHILD = textwrap.dedent("""
     out = tf.keras.layers.Conv2D(8, 1)(x)
     model = tf.keras.Model(inp, out)
     images = [rng.uniform(-1, 1, (1, 16, 16, 3)).astype(np.float32) for _ in range(24)]
-
-    def rep():
-        for im in images[:16]:
-            yield [im]
-
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = rep
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv._experimental_calibrate_only = True
-    calibrated = conv.convert()
+    calibrated = calibrate_only(model, images[:16])
     plain = quantize_calibrated(calibrated)
     fixed, figures = round_weights(plain, calibrated, images[:16])
-
-    def run(m, ims):
-        it = tf.lite.Interpreter(model_content=m)
-        it.allocate_tensors()
-        outs = []
-        for im in ims:
-            it.set_tensor(it.get_input_details()[0]["index"], im)
-            it.invoke()
-            outs.append(it.get_tensor(it.get_output_details()[0]["index"]).astype(np.float32))
-        return np.concatenate(outs)
 
     from tensorflow.lite.tools import flatbuffer_utils
     m = flatbuffer_utils.read_model_from_bytearray(bytearray(plain))
@@ -121,14 +94,12 @@ CHILD = textwrap.dedent("""
             (("plain", plain), ("rounded", fixed))}
     print(json.dumps({**figures, "size_plain": len(plain), "size_rounded": len(fixed), "differ": differ,
                       "weight_bytes": weight_bytes, "rmse_plain": rmse["plain"], "rmse_rounded": rmse["rounded"]}))
-""")
+"""
 
 
 @pytest.mark.skipif(find_spec("tensorflow") is None, reason="TensorFlow (the conversion extra) is not installed")
 def test_round_weights_rewrites_only_int8_weights_and_lowers_the_layer_error() -> None:
-    proc = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = run_child(CHILD)
     print(r)
     assert r["layers"] == 5 and r["images"] == 16
     # only int8 weight values change, in place: same size, no byte outside the weights differs
