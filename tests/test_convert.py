@@ -259,6 +259,9 @@ def test_real_weights_extractor_bundle(demo_run: tuple[Path, subprocess.Complete
     assert bc["kept"] == (bc["cosine_mean_corrected"] > bc["cosine_mean_plain"])
     assert f["cosine_mean"] == pytest.approx(max(bc["cosine_mean_corrected"], bc["cosine_mean_plain"]), abs=1e-5)
     assert ("biases corrected" in arts["tflite:int8"]["details"]["int8_mode"]) == bc["kept"]
+    # its residual streams were equalized before int8 (converters/equalize.py), the FP32 function unchanged
+    eq = m["rec"]["equalization"]
+    assert eq["streams"] == 6 and eq["fp32_cosine"] >= 0.99999 and eq["range_spread_after"] < eq["range_spread_before"]
     # the index holds the FP32 reference's features of the gallery (--gallery-features reference)
     from edge_shitu.gallery_index import GalleryIndex
 
