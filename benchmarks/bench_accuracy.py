@@ -60,8 +60,8 @@ def gallery_items(gallery: Path, quick: bool) -> tuple[list[Path], list[str]]:
 
 
 def convert(rec: Path, photos: list[np.ndarray], prune: bool, method: str = "sensitivity",
-            gallery: tuple[list[np.ndarray], list[str]] | None = None, weight_rounding: bool = False
-            ) -> dict[str, Path]:
+            gallery: tuple[list[np.ndarray], list[str]] | None = None, weight_rounding: bool = False,
+            equalize: bool = True) -> dict[str, Path]:
     """The toolchain's convert_model on the extractor: every artifact kind, degraded ones kept.
     ``method="reconstruct"`` prunes within one recall@1 point on ``gallery`` (photos, labels)."""
     from edge_shitu.converters.convert import ConvertOptions, convert_model, split_images
@@ -72,7 +72,8 @@ def convert(rec: Path, photos: list[np.ndarray], prune: bool, method: str = "sen
         return {k: Path(v) for k, v in json.loads(done.read_text()).items()}
     calib, verify = split_images(photos, 32, 16)
     opts = ConvertOptions(prune=prune, allow_degraded=True, work_dir=work, latency_threads=(1,), latency_runs=3,
-                          prune_method=method, prune_gallery=gallery, weight_rounding=weight_rounding)
+                          prune_method=method, prune_gallery=gallery, weight_rounding=weight_rounding,
+                          equalize=equalize)
     res = convert_model(rec, "rec", calib, verify, ARTIFACTS, out, work, opts,
                         lambda m: print(f"convert: {m}", file=sys.stderr))
     models: dict[str, Path] = {"paddle:fp32": rec}
@@ -84,7 +85,8 @@ def convert(rec: Path, photos: list[np.ndarray], prune: bool, method: str = "sen
                         "int8_mode": (e.get("details") or {}).get("int8_mode"),
                         "weight_rounding": (e.get("details") or {}).get("weight_rounding")}
             for e in res.entries}
-    (CACHE / "conversion.json").write_text(json.dumps({"entries": info, "pruning": res.pruning}, indent=1))
+    (CACHE / "conversion.json").write_text(json.dumps({"entries": info, "pruning": res.pruning,
+                                                       "equalization": res.equalization}, indent=1))
     done.write_text(json.dumps({k: str(v) for k, v in models.items()}))
     return models
 
@@ -159,6 +161,7 @@ def main() -> int:
                     help="reconstruct: the largest cut within 1 recall@1 point on the gallery; rows "
                          "'/ pruned fp32 gallery' then query the pruned FP32 program's gallery (a pruned bundle's)")
     ap.add_argument("--weight-rounding", action="store_true", help="the int8 TFLite twin with re-rounded weights")
+    ap.add_argument("--no-equalize", action="store_true", help="skip the residual-stream equalization before int8")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_accuracy.json")
     args = ap.parse_args()
@@ -174,6 +177,8 @@ def main() -> int:
         CACHE = CACHE.parent / "accuracy-quick"
     if args.prune_method != "sensitivity" or args.weight_rounding:
         CACHE = CACHE.parent / (CACHE.name + f"-{args.prune_method}" + ("-wr" if args.weight_rounding else ""))
+    if not args.no_equalize:  # artifacts cached before equalization existed are not reused
+        CACHE = CACHE.parent / (CACHE.name + "-eq")
     CACHE.mkdir(parents=True, exist_ok=True)
     rec = CACHE / "mnv2"
     if not (rec / "inference.pdiparams").exists():
@@ -185,7 +190,7 @@ def main() -> int:
     gal = None
     if prune and args.prune_method == "reconstruct":
         gal = ([load_image(p) for p in paths], labels)
-    models = convert(rec, calib_photos, prune, args.prune_method, gal, args.weight_rounding)
+    models = convert(rec, calib_photos, prune, args.prune_method, gal, args.weight_rounding, not args.no_equalize)
     rows: dict[str, dict[str, dict[str, float]]] = {}
     feats = {name: embed_all(name, path, paths, pre, args.threads) for name, path in models.items()}
     for name, f in feats.items():
