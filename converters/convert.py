@@ -72,9 +72,9 @@ class ConvertOptions:
     equalize: bool = True
     # mixed-precision int8 TFLite (converters/int8_mixed.py), opt-in: the most int8-sensitive
     # activation tensors kept float, fewest first, the first file passing the default gate taken;
-    # extractors: files at most 1.1x the int8 size; raw-GFL detectors: before 16x8. Measured, none
-    # passes: MobileNetV2 cosine 0.9888 -> 0.9916 within 1.1x (~70 s more); PicoDet-S COCO box
-    # recall best 0.85 (~2 min more): the error is spread over the network (docs/benchmarks.md)
+    # extractors: files at most 1.1x the int8 size; raw-GFL detectors: before 16x8. Measured:
+    # MobileNetV2 (equalized) cosine 0.9935 -> 0.9950 with 7 float layers at 1.06x (~70 s more);
+    # PicoDet-S COCO: none passes, box recall best 0.85 (~2 min more; docs/benchmarks.md)
     mixed_precision: bool = False
     latency_threads: tuple[int, ...] = (1, 2)
     latency_runs: int = 15
