@@ -61,7 +61,7 @@ def gallery_items(gallery: Path, quick: bool) -> tuple[list[Path], list[str]]:
 
 def convert(rec: Path, photos: list[np.ndarray], prune: bool, method: str = "sensitivity",
             gallery: tuple[list[np.ndarray], list[str]] | None = None, weight_rounding: bool = False,
-            equalize: bool = True) -> dict[str, Path]:
+            equalize: bool = True, mixed_precision: bool = False) -> dict[str, Path]:
     """The toolchain's convert_model on the extractor: every artifact kind, degraded ones kept.
     ``method="reconstruct"`` prunes within one recall@1 point on ``gallery`` (photos, labels)."""
     from edge_shitu.converters.convert import ConvertOptions, convert_model, split_images
@@ -73,7 +73,7 @@ def convert(rec: Path, photos: list[np.ndarray], prune: bool, method: str = "sen
     calib, verify = split_images(photos, 32, 16)
     opts = ConvertOptions(prune=prune, allow_degraded=True, work_dir=work, latency_threads=(1,), latency_runs=3,
                           prune_method=method, prune_gallery=gallery, weight_rounding=weight_rounding,
-                          equalize=equalize)
+                          equalize=equalize, mixed_precision=mixed_precision)
     res = convert_model(rec, "rec", calib, verify, ARTIFACTS, out, work, opts,
                         lambda m: print(f"convert: {m}", file=sys.stderr))
     models: dict[str, Path] = {"paddle:fp32": rec}
@@ -83,7 +83,8 @@ def convert(rec: Path, photos: list[np.ndarray], prune: bool, method: str = "sen
     models.update(res.runnable)
     info = {e["kind"]: {"pruned": e.get("pruned"), "fidelity": e.get("fidelity", {}).get("cosine_mean"),
                         "int8_mode": (e.get("details") or {}).get("int8_mode"),
-                        "weight_rounding": (e.get("details") or {}).get("weight_rounding")}
+                        "weight_rounding": (e.get("details") or {}).get("weight_rounding"),
+                        "bytes": e.get("bytes")}
             for e in res.entries}
     (CACHE / "conversion.json").write_text(json.dumps({"entries": info, "pruning": res.pruning,
                                                        "equalization": res.equalization}, indent=1))
@@ -162,6 +163,8 @@ def main() -> int:
                          "'/ pruned fp32 gallery' then query the pruned FP32 program's gallery (a pruned bundle's)")
     ap.add_argument("--weight-rounding", action="store_true", help="the int8 TFLite twin with re-rounded weights")
     ap.add_argument("--no-equalize", action="store_true", help="skip the residual-stream equalization before int8")
+    ap.add_argument("--mixed-precision", action="store_true", help="the int8 TFLite mixed-precision ladder (files at "
+                    "most 1.1x the int8 size) where int8 misses the 0.995 cosine gate")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_accuracy.json")
     args = ap.parse_args()
@@ -179,6 +182,8 @@ def main() -> int:
         CACHE = CACHE.parent / (CACHE.name + f"-{args.prune_method}" + ("-wr" if args.weight_rounding else ""))
     if not args.no_equalize:  # artifacts cached before equalization existed are not reused
         CACHE = CACHE.parent / (CACHE.name + "-eq")
+    if args.mixed_precision:
+        CACHE = CACHE.parent / (CACHE.name + "-mp")
     CACHE.mkdir(parents=True, exist_ok=True)
     rec = CACHE / "mnv2"
     if not (rec / "inference.pdiparams").exists():
@@ -190,7 +195,8 @@ def main() -> int:
     gal = None
     if prune and args.prune_method == "reconstruct":
         gal = ([load_image(p) for p in paths], labels)
-    models = convert(rec, calib_photos, prune, args.prune_method, gal, args.weight_rounding, not args.no_equalize)
+    models = convert(rec, calib_photos, prune, args.prune_method, gal, args.weight_rounding, not args.no_equalize,
+                     args.mixed_precision)
     rows: dict[str, dict[str, dict[str, float]]] = {}
     feats = {name: embed_all(name, path, paths, pre, args.threads) for name, path in models.items()}
     for name, f in feats.items():
