@@ -351,7 +351,11 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
     if opts.equalize and kind == "rec" and not direct_onnx:
         from edge_shitu.converters.equalize import equalize
 
-        eq = equalize(pruned_dir, work / f"{kind}_equalized", calib[:EQUALIZE_IMAGES])
+        try:
+            eq = equalize(pruned_dir, work / f"{kind}_equalized", calib[:EQUALIZE_IMAGES])
+        except Exception as e:  # an optimization: a graph it cannot read converts as it is, and says why
+            eq, equalization = None, {"error": f"{type(e).__name__}: {str(e)[:160]}"}
+            progress(f"{kind}: residual-stream equalization skipped ({equalization['error']})")
         if eq is not None:
             source_dir, equalization = eq.out_dir, eq.to_dict()
             progress(f"{kind}: {eq.streams} residual streams equalized ({eq.channels} channels, range spread "
