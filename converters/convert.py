@@ -73,7 +73,8 @@ class ConvertOptions:
     # mixed-precision int8 TFLite (converters/int8_mixed.py), opt-in: the most int8-sensitive
     # activation tensors kept float, fewest first, the first file passing the default gate taken;
     # extractors: files at most 1.1x the int8 size; raw-GFL detectors: before 16x8. Measured:
-    # MobileNetV2 (equalized) cosine 0.9935 -> 0.9950 with 7 float layers at 1.06x (~70 s more);
+    # MobileNetV2 (equalized) cosine 0.9935 -> 0.9950 with 7 float layers at 1.06x on the drink
+    # gallery, none passing on another photo split (best 0.9933; ~70 s more);
     # PicoDet-S COCO: none passes, box recall best 0.85 (~2 min more; docs/benchmarks.md)
     mixed_precision: bool = False
     latency_threads: tuple[int, ...] = (1, 2)

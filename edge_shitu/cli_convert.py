@@ -122,8 +122,8 @@ def register(app: typer.Typer) -> None:
                                              "float, fewest first, and keep the first that passes (extractors: at "
                                              "most 1.1x the int8 size, about 70 s more; raw-GFL detectors: before "
                                              "the 16x8 fallback, about 2 min more). Measured: MobileNetV2 reaches "
-                                             "cosine 0.995 at 1.06x the int8 size; PicoDet-S COCO does not "
-                                             "(docs/benchmarks.md)."),
+                                             "cosine 0.995 at 1.06x the int8 size on some photo sets, not all; "
+                                             "PicoDet-S COCO does not (docs/benchmarks.md)."),
         bits: Optional[int] = typer.Option(None, "--bits", help="Index code width (default: the board's)."),
         calib_images: int = typer.Option(32, "--calib-images", min=1, help="How many photos calibrate int8 PTQ."),
         verify_images: int = typer.Option(16, "--verify-images", min=1, help="How many held-out photos every "
