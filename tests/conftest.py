@@ -36,6 +36,39 @@ def synth_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return make_synth_models(tmp_path_factory.mktemp("synth"))
 
 
+MNV2_SMALL = 96  # input size of the small MobileNetV2 export the converter-step tests share
+
+
+@pytest.fixture(scope="session")
+def mnv2_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """torchvision's MobileNetV2 (real ImageNet weights) as a Paddle extractor at 96 px: small
+    enough for per-step converter tests; skips when the weights are not available."""
+    pytest.importorskip("paddleslim")
+    from edge_shitu.converters import mobilenet_v2
+    from edge_shitu.errors import EdgeShituError
+
+    try:
+        mobilenet_v2.find_weights()
+    except EdgeShituError as e:
+        pytest.skip(str(e))
+    return mobilenet_v2.export_extractor(None, tmp_path_factory.mktemp("mnv2") / "m", input_size=MNV2_SMALL)
+
+
+def plain_conv_model(out: Path) -> Path:
+    """A conv-BN-ReLU-conv-BN Paddle model (16 px input ``x``): no inverted residual, no stream."""
+    from edge_shitu.converters import mobilenet_v2
+
+    with mobilenet_v2.dygraph() as paddle:
+        from paddle import nn
+
+        net = nn.Sequential(nn.Conv2D(3, 8, 3, padding=1, bias_attr=False), nn.BatchNorm2D(8), nn.ReLU(),
+                            nn.Conv2D(8, 4, 1, bias_attr=False), nn.BatchNorm2D(4))
+        net.eval()
+        paddle.jit.save(net, str(out / "inference"),
+                        input_spec=[paddle.static.InputSpec([1, 3, 16, 16], "float32", name="x")])
+    return out
+
+
 @pytest.fixture(scope="session")
 def rpi4_bundle(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Any:
     """The session's det + rec rpi4 bundle (tests/bundles.py); fails the test if convert failed.

@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("paddleslim")
 
-SIZE = 96
+SIZE = 96  # tests/conftest.py MNV2_SMALL
 
 
 def _feeds(n: int, seed: int) -> list[dict[str, np.ndarray]]:
@@ -28,15 +28,8 @@ def _feeds(n: int, seed: int) -> list[dict[str, np.ndarray]]:
 
 
 @pytest.fixture(scope="module")
-def mnv2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edge_shitu.converters import mobilenet_v2
-    from edge_shitu.errors import EdgeShituError
-
-    try:
-        mobilenet_v2.find_weights()
-    except EdgeShituError as e:
-        pytest.skip(str(e))
-    return mobilenet_v2.export_extractor(None, tmp_path_factory.mktemp("mnv2") / "m", input_size=SIZE)
+def mnv2(mnv2_small: Path) -> Path:
+    return mnv2_small
 
 
 def test_equalized_model_computes_the_same_features_with_flatter_stream_ranges(mnv2: Path, tmp_path: Path) -> None:
@@ -68,16 +61,9 @@ def test_equalized_model_computes_the_same_features_with_flatter_stream_ranges(m
 
 
 def test_model_without_a_stream_is_left_alone(tmp_path: Path) -> None:
-    from edge_shitu.converters import mobilenet_v2
     from edge_shitu.converters.equalize import equalize
+    from tests.conftest import plain_conv_model
 
-    with mobilenet_v2.dygraph() as paddle:
-        from paddle import nn
-
-        net = nn.Sequential(nn.Conv2D(3, 8, 3, padding=1, bias_attr=False), nn.BatchNorm2D(8), nn.ReLU(),
-                            nn.Conv2D(8, 4, 1, bias_attr=False), nn.BatchNorm2D(4))
-        net.eval()
-        paddle.jit.save(net, str(tmp_path / "plain" / "inference"),
-                        input_spec=[paddle.static.InputSpec([1, 3, 16, 16], "float32", name="x")])
-    assert equalize(tmp_path / "plain", tmp_path / "out", [{"x": np.zeros((1, 3, 16, 16), np.float32)}]) is None
+    plain = plain_conv_model(tmp_path / "plain")
+    assert equalize(plain, tmp_path / "out", [{"x": np.zeros((1, 3, 16, 16), np.float32)}]) is None
     assert not (tmp_path / "out").exists()

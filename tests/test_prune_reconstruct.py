@@ -36,15 +36,8 @@ def _images(n: int, seed: int) -> list[dict[str, np.ndarray]]:
 
 
 @pytest.fixture(scope="module")
-def mnv2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edge_shitu.converters import mobilenet_v2
-    from edge_shitu.errors import EdgeShituError
-
-    try:
-        mobilenet_v2.find_weights()
-    except EdgeShituError as e:
-        pytest.skip(str(e))
-    return mobilenet_v2.export_extractor(None, tmp_path_factory.mktemp("mnv2") / "m", input_size=SIZE)
+def mnv2(mnv2_small: Path) -> Path:
+    return mnv2_small
 
 
 @pytest.fixture(scope="module")
@@ -125,17 +118,10 @@ def test_obs_removes_a_redundant_channel_first() -> None:
 
 
 def test_model_without_the_pattern_is_refused(tmp_path: Path) -> None:
-    from edge_shitu.converters import mobilenet_v2
     from edge_shitu.converters import prune_reconstruct as pr
+    from tests.conftest import plain_conv_model
 
-    with mobilenet_v2.dygraph() as paddle:
-        from paddle import nn
-
-        net = nn.Sequential(nn.Conv2D(3, 8, 3, padding=1, bias_attr=False), nn.BatchNorm2D(8), nn.ReLU(),
-                            nn.Conv2D(8, 4, 1, bias_attr=False), nn.BatchNorm2D(4))
-        net.eval()
-        paddle.jit.save(net, str(tmp_path / "plain" / "inference"),
-                        input_spec=[paddle.static.InputSpec([1, 3, 16, 16], "float32", name="x")])
+    plain_conv_model(tmp_path / "plain")
     with pytest.raises(pr.NoInvertedResidual, match="no inverted-residual block") as e:
         pr.prune_reconstruct(tmp_path / "plain", tmp_path / "out", [{"x": np.zeros((1, 3, 16, 16), np.float32)}],
                              target=0.2)
