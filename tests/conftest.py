@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,22 @@ def synth_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from tests.bundles import make_synth_models
 
     return make_synth_models(tmp_path_factory.mktemp("synth"))
+
+
+def small_drink_gallery(dest: Path, n_labels: int = 12, per_label: int = 2) -> Path:
+    """A few drink gallery photos (copied: the gallery reader refuses symlinks) + a labels file."""
+    src = require_asset("drink", "gallery")
+    rows: dict[str, list[str]] = {}
+    for line in (src / "drink_label.txt").read_text(encoding="utf-8").splitlines():
+        rel, _, label = line.partition("\t")
+        if label and len(rows.setdefault(label, [])) < per_label:
+            rows[label].append(rel)
+    picked = [(rel, lab) for lab, rels in list(rows.items())[:n_labels] for rel in rels]
+    for rel, _ in picked:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, dest / rel)
+    (dest / "drink_label.txt").write_text("".join(f"{r}\t{lab}\n" for r, lab in picked), encoding="utf-8")
+    return dest
 
 
 MNV2_SMALL = 96  # input size of the small MobileNetV2 export the converter-step tests share

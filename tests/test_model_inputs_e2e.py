@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import require_asset
+from tests.conftest import require_asset, small_drink_gallery
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -48,22 +48,6 @@ def _need_aux() -> None:
         pytest.skip(str(e))
 
 
-def _small_gallery(dest: Path, n_labels: int = 12, per_label: int = 2) -> Path:
-    """A few drink gallery photos (copied: the gallery reader refuses symlinks) + a labels file."""
-    src = require_asset("drink", "gallery")
-    rows: dict[str, list[str]] = {}
-    for line in (src / "drink_label.txt").read_text(encoding="utf-8").splitlines():
-        rel, _, label = line.partition("\t")
-        if label and len(rows.setdefault(label, [])) < per_label:
-            rows[label].append(rel)
-    picked = [(rel, lab) for lab, rels in list(rows.items())[:n_labels] for rel in rels]
-    for rel, _ in picked:
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / rel, dest / rel)
-    (dest / "drink_label.txt").write_text("".join(f"{r}\t{lab}\n" for r, lab in picked), encoding="utf-8")
-    return dest
-
-
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT.parent), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "edge_shitu.cli", *args], cwd=cwd, capture_output=True, text=True,
@@ -76,7 +60,7 @@ def onnx_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     from edge_shitu import convert
 
     tmp = tmp_path_factory.mktemp("onnx_bundle")
-    gallery = _small_gallery(tmp / "gallery")
+    gallery = small_drink_gallery(tmp / "gallery")
     out = tmp / "bundle_rpi4"
     manifest = convert(rec=require_asset(*OSNET), det=require_asset(*PICODET), gallery=gallery, board="rpi4",
                        out=out, calib_dir=require_asset("drink", "test_images"), n_calib=8, n_verify=4,

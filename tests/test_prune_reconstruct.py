@@ -168,34 +168,21 @@ def test_convert_indexes_a_pruned_extractors_gallery_with_its_pruned_fp32_progra
     misses the fp32 file's 0.9999 cosine gate against the unpruned model by design: the task gate
     judges the cut)."""
     import json
-    import shutil
 
     from edge_shitu import convert
     from edge_shitu.converters.convert import PRUNED_GALLERY, embed
     from edge_shitu.gallery_index import GalleryIndex, quantize_rows
     from edge_shitu.preprocess import RecPreprocess, load_image
-    from tests.conftest import require_asset
+    from tests.conftest import small_drink_gallery
 
-    src = require_asset("drink", "gallery")
-    lines = (src / "drink_label.txt").read_text(encoding="utf-8").splitlines()
-    by_label: dict[str, list[str]] = {}
-    for line in lines:
-        rel, _, label = line.partition("\t")
-        if len(by_label.setdefault(label, [])) < 2:
-            by_label[label].append(rel)
-    picked = [(rel, lab) for lab, rels in list(by_label.items())[:12] for rel in rels]
-    gal = tmp_path / "gallery"
-    for rel, _ in picked:
-        (gal / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / rel, gal / rel)
-    (gal / "labels.txt").write_text("".join(f"{r}\t{lab}\n" for r, lab in picked), encoding="utf-8")
+    gal = small_drink_gallery(tmp_path / "gallery")  # 12 labels x 2 photos
     board = json.loads((Path(__file__).resolve().parent.parent / "board_configs" / "x86-64.json").read_text())
     board.update(name="x86-tflite-int8", artifacts=["tflite:int8"])
     (tmp_path / "board.json").write_text(json.dumps(board), encoding="utf-8")
     work = tmp_path / "work"
     # any cut passes a 100-point budget: the largest candidate is taken, so something is pruned (24
     # photos: one query is 4.2 points); the int8 file also gets the re-rounded-weights twin
-    m = convert(mnv2, gal, str(tmp_path / "board.json"), tmp_path / "bundle", labels=gal / "labels.txt",
+    m = convert(mnv2, gal, str(tmp_path / "board.json"), tmp_path / "bundle", labels=gal / "drink_label.txt",
                 prune_method="reconstruct", prune_recall_budget=100.0, recall_budget=100.0, work_dir=work,
                 n_calib=4, n_verify=4, weight_rounding=True, progress=lambda msg: None)
     assert m["rec"]["pruning"]["method"] == "reconstruct"
@@ -212,7 +199,8 @@ def test_convert_indexes_a_pruned_extractors_gallery_with_its_pruned_fp32_progra
     index = GalleryIndex.open(tmp_path / "bundle" / "gallery.esidx")
     assert index.info()["meta"]["extractor_artifact"] == PRUNED_GALLERY
     pre = RecPreprocess.from_dict(m["rec"]["preprocess"])
-    images = [load_image(gal / rel) for rel, _ in picked]
+    images = [load_image(gal / line.split("\t")[0])
+              for line in (gal / "drink_label.txt").read_text(encoding="utf-8").splitlines()]
     stored = index._d.vectors  # the re-rank int8 features (format 1.1), quantized from the gallery's
     same = {name: float((quantize_rows(embed(None, None, d, pre, images)) == stored).mean())
             for name, d in (("pruned", work / "rec_pruned"), ("unpruned", mnv2))}
