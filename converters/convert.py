@@ -71,12 +71,13 @@ class ConvertOptions:
     # FP32 function unchanged): MobileNetV2 int8 TFLite cosine 0.9888 -> 0.9924; a no-op elsewhere
     equalize: bool = True
     # mixed-precision int8 TFLite (converters/int8_mixed.py), opt-in: the most int8-sensitive
-    # activation tensors kept float, fewest first, the first file passing the default gate taken;
-    # extractors: files at most 1.1x the int8 size; raw-GFL detectors: before 16x8. Measured:
-    # MobileNetV2 (equalized) cosine 0.9935 -> 0.9950 with 7 float layers at 1.06x on the drink
-    # gallery, none passing on another photo split (best 0.9933; ~70 s more);
-    # PicoDet-S COCO: none passes, box recall best 0.85 (~2 min more; docs/benchmarks.md)
-    mixed_precision: bool = False
+    # activation tensors kept float, fewest first, the first file passing the default gate taken.
+    # True: every model; or the model kinds it applies to (("rec",): `make demo`'s choice).
+    # Extractors: the float layers keep int8 weights behind a DEQUANTIZE (int8_weight_only), so a
+    # file is no larger than the int8 one. Measured on MobileNetV2 (equalized): cosine 0.9930 ->
+    # 0.9961 with 11 float layers at 0.97x the int8 size (~70 s more). Raw-GFL detectors: before
+    # 16x8; PicoDet-S COCO: none passes, box recall best 0.85 (~2 min more; docs/benchmarks.md)
+    mixed_precision: Any = False
     latency_threads: tuple[int, ...] = (1, 2)
     latency_runs: int = 15
     bits: int | None = None
@@ -144,6 +145,13 @@ def det_preprocess_for(model_dir: Path) -> DetPreprocess:
         raise EdgeShituError(f"{model_dir}: no infer_cfg.yml; the detector's preprocessing is read from it "
                              "(PaddleDetection exports it next to inference.pdmodel)")
     return DetPreprocess.from_infer_cfg(cfg)
+
+
+def mixed_for(opts: ConvertOptions, kind: str) -> bool:
+    """Whether ``kind``'s ("det" / "rec") int8 TFLite gets the mixed-precision ladder:
+    ``opts.mixed_precision`` is a bool (every model) or the kinds it is asked for."""
+    m = opts.mixed_precision
+    return bool(m) if isinstance(m, bool) or m is None else kind in set(m)
 
 
 def split_images(images: Sequence[np.ndarray], n_calib: int, n_verify: int) -> tuple[list, list]:
@@ -338,9 +346,9 @@ def convert_model(model_dir: Path, kind: str, calib_images: Sequence[np.ndarray]
     options: dict[str, Any] = {"cut_before_nms": True} if kind == "det" else {
         "float_pooling": True, "mse_ranges": True, "bias_correction": opts.bias_correction,
         "weight_rounding": opts.weight_rounding,
-        "mixed_precision": opts.mixed_precision}
+        "mixed_precision": mixed_for(opts, kind)}
     if prepared.head is not None:  # a raw GFL head: no NMS in the graph, nothing to cut; gated on its boxes
-        options = {"gfl_head": prepared.head, "mixed_precision": opts.mixed_precision}
+        options = {"gfl_head": prepared.head, "mixed_precision": mixed_for(opts, kind)}
     # an extractor's .nb int8 that misses its gate: a mixed-precision ladder (converters/nb_mixed.py)
     # instead of failing; not under --allow-degraded (the plain file is kept, CI time stays flat)
     options["nb_mixed"] = not opts.allow_degraded

@@ -189,7 +189,8 @@ def _mixed_ladder(converter: Any, representative_dataset: Any, work: Path) -> di
 # an extractor's mixed-precision candidates: at most this much larger than its int8 file (float
 # weights take 4x the bytes; the accuracy issue's budget), k = the tensors kept float
 EXTRACTOR_MIXED_SIZE_CAP = 1.10
-EXTRACTOR_LADDER_K = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+EXTRACTOR_LADDER_K = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+WEIGHT_ONLY = "int8 per channel behind a DEQUANTIZE (float activations at int8's weight size)"
 # int8 this close to float on the ranking images (calibration images: they flatter it, MobileNetV2
 # 0.992 there vs 0.988 held out): no ladder is built
 EXTRACTOR_SKIP_COSINE = 0.999
@@ -214,7 +215,7 @@ def _extractor_mixed_ladder(int8: bytes, calibrated: bytes, block: Sequence[str]
         if cos >= EXTRACTOR_SKIP_COSINE:
             return {"int8_mixed_skipped": f"int8 cosine {cos:.4f} to float on {len(probe)} calibration images"}
         cands, _, base = ladder(calibrated, probe, EXTRACTOR_LADDER_K, always_float=block,
-                                max_bytes=int(len(int8) * EXTRACTOR_MIXED_SIZE_CAP))
+                                max_bytes=int(len(int8) * EXTRACTOR_MIXED_SIZE_CAP), weight_only=True)
         out = []
         for cand in cands:
             model, note = cand.model, ""
@@ -224,6 +225,7 @@ def _extractor_mixed_ladder(int8: bytes, calibrated: bytes, block: Sequence[str]
             f = work / f"model_int8_mixed_{cand.k}.tflite"
             f.write_bytes(model)
             out.append({"file": str(f), "k": cand.k, "ranges": f"MSE ranges{note}", "tensors": cand.tensors,
+                        "float_weights": WEIGHT_ONLY,
                         "float_layers": [n for n in cand.float_nodes if n not in block],
                         "float_op_types": cand.float_types, "output_error": round(cand.output_error, 5),
                         "probe_cosine": round(_mean_cosine(run_model(model, probe), refs), 5)})
@@ -724,13 +726,18 @@ def _take_mixed(produced: dict[str, Any], fidelities: dict[str, Any], rejected: 
             row["passed"], row["fidelity"] = False, _fidelity_line(getattr(e, "fidelity", None))
             continue
         row["passed"], row["fidelity"] = True, _fidelity_line(fid)
-        produced["int8"], fidelities["int8"] = cand["file"], fid
+        plain = Path(produced["int8"])
         record.update(float_layers=list(cand["float_layers"]), float_tensors=list(cand["tensors"]), chosen=cand["k"],
                       float_op_types=list(cand.get("float_op_types") or []), ranges=cand.get("ranges"),
-                      bytes=row["bytes"])
+                      bytes=row["bytes"], all_int8_bytes=plain.stat().st_size,
+                      size_ratio=round(row["bytes"] / plain.stat().st_size, 4),
+                      float_weights=cand.get("float_weights", "float32"),
+                      latency_ms=_latency_pair(plain, Path(cand["file"]), verify_feeds))
+        produced["int8"], fidelities["int8"] = cand["file"], fid
         types = cand.get("float_op_types") or []
         also = f" and every {', '.join(types)}" if types else ""
-        produced["int8_mode"] = (f"int8 with {n} layers kept float{also} (the {cand['k']} activation tensors most "
+        wo = " (their weights int8 behind a DEQUANTIZE)" if cand.get("float_weights") == WEIGHT_ONLY else ""
+        produced["int8_mode"] = (f"int8 with {n} layers kept float{wo}{also} (the {cand['k']} activation tensors most "
                                  f"sensitive to int8, {cand.get('ranges', '')}), float32 input/output (all-int8 "
                                  f"activations missed the gate: {why})")
         rejected.pop("int8", None)
@@ -742,6 +749,34 @@ def _take_mixed(produced: dict[str, Any], fidelities: dict[str, Any], rejected: 
             last = f"; the largest, {tried[-1]['float_layers']} float layers: {tried[-1].get('fidelity')}" if tried \
                 else " (none fits the size cap)"
             rejected["int8"] += f"; none of {len(tried)} mixed-precision candidates passed{last}"
+
+
+MIXED_LATENCY_RUNS = 15  # per file, interleaved: what the mixed file's float layers cost on this host
+
+
+def _latency_pair(plain: Path, mixed: Path, feeds: Sequence[Feeds]) -> dict[str, Any]:
+    """Median ms per run of the all-int8 and the chosen mixed file, interleaved, one thread, on this
+    host (an x86 build host prices float layers lower than an arm board, where int8 kernels gain most)."""
+    import platform
+    import time
+
+    from edge_shitu.runtimes.backend import open_backend
+
+    try:
+        bes = [open_backend(f, "tflite", 1) for f in (plain, mixed)]
+        feed = [{be.inputs[0].name: next(iter(feeds[0].values()))} for be in bes]
+        times: list[list[float]] = [[], []]
+        for i in range(MIXED_LATENCY_RUNS + 1):
+            for j, be in enumerate(bes):
+                t0 = time.perf_counter()
+                be.run(feed[j])
+                if i:  # the first run warms up
+                    times[j].append(1e3 * (time.perf_counter() - t0))
+    except Exception as e:  # informative only: never stops a conversion
+        return {"error": f"{type(e).__name__}: {str(e)[:120]}"}
+    a, b = (float(np.median(t)) for t in times)
+    return {"all_int8": round(a, 2), "mixed": round(b, 2), "ratio": round(b / a, 3), "threads": 1,
+            "runs": MIXED_LATENCY_RUNS, "host": platform.machine()}
 
 
 def _passes(fid: Any, gate: Mapping[str, float]) -> bool:

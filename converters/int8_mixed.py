@@ -129,16 +129,17 @@ FLOAT_EXTRA_BYTES = 3  # a weight kept float: 4 bytes instead of int8's 1 (int32
 
 
 def fitting(ranked: Sequence[str], graph: Graph, weights: Mapping[str, int], budget: int,
-            already_float: Sequence[str] = ()) -> list[str]:
+            already_float: Sequence[str] = (), extra_bytes: int = FLOAT_EXTRA_BYTES) -> list[str]:
     """The tensors of ``ranked`` (worst first) kept in order while the float weights of the ops
-    they add (:func:`float_nodes_for`) fit in ``budget`` bytes; a tensor that does not fit is
-    skipped, a cheaper one after it may still fit (greedy, in rank order)."""
+    they add (:func:`float_nodes_for`, ``extra_bytes`` more per weight than int8) fit in
+    ``budget`` bytes; a tensor that does not fit is skipped, a cheaper one after it may still fit
+    (greedy, in rank order)."""
     kept: list[str] = []
     floated = set(already_float)
     spent = 0
     for t in ranked:
         new = [op for op in float_nodes_for([t], graph) if op not in floated]
-        cost = FLOAT_EXTRA_BYTES * sum(weights.get(op, 0) for op in new)
+        cost = extra_bytes * sum(weights.get(op, 0) for op in new)
         if spent + cost > budget:
             continue
         kept.append(t)
@@ -247,7 +248,7 @@ class Candidate:
 
 
 def ladder(calibrated: bytes, images: Sequence[np.ndarray], ks: Sequence[int] = LADDER_K,
-           always_float: Sequence[str] = (), max_bytes: Optional[int] = None
+           always_float: Sequence[str] = (), max_bytes: Optional[int] = None, weight_only: bool = False
            ) -> tuple[list[Candidate], dict[str, float], float]:
     """The candidate files, fewest float ops first, the scores they were ranked by and the
     all-int8 file's output error (on the same images).
@@ -255,8 +256,11 @@ def ladder(calibrated: bytes, images: Sequence[np.ndarray], ks: Sequence[int] = 
     ``always_float``: ops every candidate (and the all-int8 base) keeps float, e.g. an
     extractor's pooling block; tensors they produce are not ranked. ``max_bytes``: the ladder
     stops at the first candidate larger than this (float weights are 4x int8: an extractor's
-    size budget), which is not returned.
+    size budget), which is not returned. ``weight_only``: the float layers' weights are stored
+    int8 behind a DEQUANTIZE (``int8_weight_only``): float activations at int8's size.
     """
+    from edge_shitu.converters.int8_weight_only import int8_weights_for_float_ops
+
     scores = tensor_scores(calibrated, images)
     graph = read_graph(calibrated)
     fixed = list(always_float)
@@ -265,7 +269,8 @@ def ladder(calibrated: bytes, images: Sequence[np.ndarray], ks: Sequence[int] = 
     base_model = quantize(calibrated, fixed)
     base = output_error(run_model(base_model, images), refs)
     if max_bytes is not None:  # only tensors whose float weights still fit, worst first
-        ranked = fitting(ranked, graph, op_weights(calibrated), max_bytes - len(base_model), fixed)
+        ranked = fitting(ranked, graph, op_weights(calibrated), max_bytes - len(base_model), fixed,
+                         0 if weight_only else FLOAT_EXTRA_BYTES)
     cands: list[Candidate] = []
     seen: set[tuple[str, ...]] = set()
     for k in ladder_sizes(len(ranked), ks):
@@ -275,6 +280,8 @@ def ladder(calibrated: bytes, images: Sequence[np.ndarray], ks: Sequence[int] = 
         seen.add(tuple(nodes))
         types = float_op_types(nodes, graph)
         model = quantize(calibrated, nodes, types)
+        if weight_only:
+            model = int8_weights_for_float_ops(model)[0]
         if max_bytes is not None and len(model) > max_bytes:
             break
         cands.append(Candidate(k, ranked[:k], nodes, types, model, output_error(run_model(model, images), refs)))

@@ -119,11 +119,12 @@ def register(app: typer.Typer) -> None:
                                              "where it is closer to FP32."),
         mixed_precision: bool = typer.Option(False, "--mixed-precision", help="int8 TFLite that misses its "
                                              "default gate: try files with the most int8-sensitive layers kept "
-                                             "float, fewest first, and keep the first that passes (extractors: at "
-                                             "most 1.1x the int8 size, about 70 s more; raw-GFL detectors: before "
-                                             "the 16x8 fallback, about 2 min more). Measured: MobileNetV2 reaches "
-                                             "cosine 0.995 at 1.06x the int8 size on some photo sets, not all; "
-                                             "PicoDet-S COCO does not (docs/benchmarks.md)."),
+                                             "float, fewest first, and keep the first that passes. Extractors: the "
+                                             "float layers keep int8 weights (behind a DEQUANTIZE), so the file is "
+                                             "no larger; MobileNetV2: cosine 0.993 -> 0.996 at 0.97x the int8 "
+                                             "size, about 70 s more. Raw-GFL detectors: before the 16x8 fallback, "
+                                             "about 2 min more; PicoDet-S COCO does not pass (docs/benchmarks.md). "
+                                             "The manifest names the float layers, the size and the latency."),
         bits: Optional[int] = typer.Option(None, "--bits", help="Index code width (default: the board's)."),
         calib_images: int = typer.Option(32, "--calib-images", min=1, help="How many photos calibrate int8 PTQ."),
         verify_images: int = typer.Option(16, "--verify-images", min=1, help="How many held-out photos every "

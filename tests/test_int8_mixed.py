@@ -106,6 +106,7 @@ def _produced(tmp_path: Path) -> dict[str, Any]:
         f.write_bytes(b"x" * (100 + n))
         files.append({"file": str(f), "k": k, "tensors": [f"t{i}" for i in range(k)],
                       "float_layers": [f"op{i}" for i in range(n)], "output_error": 0.1 / k})
+    (tmp_path / "int8.tflite").write_bytes(b"x" * 100)
     return {"int8": str(tmp_path / "int8.tflite"), "int8_mixed": files, "int8_mixed_ranked_by": "nsr"}
 
 
@@ -132,6 +133,8 @@ def test_take_mixed_keeps_the_first_candidate_that_passes(tmp_path, monkeypatch)
     assert produced["int8"].endswith("m4.tflite") and "int8" not in rejected
     rec = produced["mixed_precision"]
     assert rec["chosen"] == 4 and rec["float_layers"] == [f"op{i}" for i in range(7)] and rec["bytes"] == 107
+    assert rec["all_int8_bytes"] == 100 and rec["size_ratio"] == 1.07  # the size it costs
+    assert "error" in rec["latency_ms"]  # not real TFLite files: timing is informative, never fatal
     assert [r["passed"] for r in rec["candidates_tried"]] == [False, True]
     assert produced["int8_mode"].startswith("int8 with 7 layers kept float")
 
