@@ -219,3 +219,13 @@ def test_fitting_keeps_worst_tensors_whose_float_weights_fit():
     assert fitting(["c", "a"], g, weights, budget=3 * 1015 - 1) == ["c"]
     assert fitting(["c"], g, weights, budget=3 * 4) == []
     assert fitting(["c"], g, weights, budget=0, already_float=["C"]) == ["c"]  # nothing new to pay
+
+
+def test_mixed_precision_option_names_every_model_or_the_kinds_asked_for():
+    from edge_shitu.converters.convert import ConvertOptions, mixed_for
+
+    assert not mixed_for(ConvertOptions(), "rec") and not mixed_for(ConvertOptions(), "det")
+    every = ConvertOptions(mixed_precision=True)
+    assert mixed_for(every, "det") and mixed_for(every, "rec")
+    demo = ConvertOptions(mixed_precision=("rec",))  # `make demo`: the extractor only (PicoDet-S's ladder never passes)
+    assert mixed_for(demo, "rec") and not mixed_for(demo, "det")
