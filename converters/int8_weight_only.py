@@ -42,6 +42,14 @@ def quantize_filter(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
+def dequantize_version(channels: int) -> int:
+    """DEQUANTIZE's op version for an int8 input (TFLite's op_version.cc): 5 when it is quantized per
+    channel (more than one scale: runtimes from 2.7 on), else 2. A runtime refuses a model whose op
+    version it does not know, rather than dequantizing per channel with one scale: the version
+    must be the true one (``edge_shitu.tflite_ops`` reads it for the board's runtime check)."""
+    return 5 if channels > 1 else 2
+
+
 def int8_weights_for_float_ops(model: bytes, only: Optional[Collection[str]] = None) -> tuple[bytes, list[str]]:
     """``model`` with every float conv / depthwise / FC filter (a float32 constant) stored int8 and
     read through a DEQUANTIZE op; ``only``: restrict to these ops (named by their first output
@@ -56,7 +64,7 @@ def int8_weights_for_float_ops(model: bytes, only: Optional[Collection[str]] = N
     def op_name(code: schema.OperatorCodeT) -> str:
         return names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
 
-    deq = next((i for i, c in enumerate(m.operatorCodes) if op_name(c) == "DEQUANTIZE"), None)
+    deq = {c.version: i for i, c in enumerate(m.operatorCodes) if op_name(c) == "DEQUANTIZE"}  # version -> code
     changed: list[str] = []
     new_ops: list[schema.OperatorT] = []
     done: dict[int, int] = {}  # float filter tensor -> its dequantized twin (a filter read by two ops)
@@ -72,14 +80,15 @@ def int8_weights_for_float_ops(model: bytes, only: Optional[Collection[str]] = N
             new_ops.append(op)
             continue
         if fi not in done:
-            if deq is None:
-                code = schema.OperatorCodeT()
-                code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.DEQUANTIZE
-                code.version = 2  # int8 input
-                m.operatorCodes.append(code)
-                deq = len(m.operatorCodes) - 1
             w = np.frombuffer(bytes(buf), np.float32).reshape(t.shape)
             q, scale = quantize_filter(w, axis)
+            version = dequantize_version(len(scale))
+            if version not in deq:
+                code = schema.OperatorCodeT()
+                code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.DEQUANTIZE
+                code.version = version
+                m.operatorCodes.append(code)
+                deq[version] = len(m.operatorCodes) - 1
             m.buffers[t.buffer].data = np.frombuffer(q.tobytes(), np.uint8)
             float_twin = schema.TensorT()
             float_twin.shape, float_twin.type = np.array(t.shape, np.int32), schema.TensorType.FLOAT32
@@ -93,7 +102,7 @@ def int8_weights_for_float_ops(model: bytes, only: Optional[Collection[str]] = N
             sg.tensors.append(float_twin)
             done[fi] = len(sg.tensors) - 1
             d = schema.OperatorT()
-            d.opcodeIndex, d.inputs, d.outputs = deq, np.array([fi], np.int32), np.array([done[fi]], np.int32)
+            d.opcodeIndex, d.inputs, d.outputs = deq[version], np.array([fi], np.int32), np.array([done[fi]], np.int32)
             new_ops.append(d)
         op.inputs = np.array([done[fi] if j == 1 else int(i) for j, i in enumerate(op.inputs)], np.int32)
         new_ops.append(op)

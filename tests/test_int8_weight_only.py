@@ -65,12 +65,20 @@ CHILD = """
     cos = float(np.mean(np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
     only_pw, changed_pw = int8_weights_for_float_ops(float_model, only=[n for n in changed if "pw" in n])
     same, none = int8_weights_for_float_ops(new)  # nothing float is left to change
+    versions = sorted({(int(c.builtinCode), int(c.version)) for c in m.operatorCodes if c.builtinCode == 6})
     # the extractor ladder's way: its float layers' weights int8 behind a DEQUANTIZE
     calibrated = calibrate_only(model, images)
     stem = next(op for op in read_graph(calibrated).types if "stem" in op)
     full, _, _ = ladder(calibrated, images[:4], ks=(1, 2), always_float=[stem])
     light, _, _ = ladder(calibrated, images[:4], ks=(1, 2), always_float=[stem], weight_only=True)
-    print(json.dumps({"changed": changed, "changed_pw": changed_pw, "ops": ops, "filters": filters, "cos": cos,
+    # an int8 model already holds a (version 2) DEQUANTIZE at its output: a per-channel one is another entry
+    from edge_shitu.converters.int8_mixed import quantize
+    mixed = quantize(calibrated, [n for n in read_graph(calibrated).types if "pw" in n])
+    mixed_new, mixed_changed = int8_weights_for_float_ops(mixed)
+    mm = flatbuffer_utils.read_model_from_bytearray(bytearray(mixed_new))
+    mixed_versions = sorted(int(c.version) for c in mm.operatorCodes if c.builtinCode == 6)
+    print(json.dumps({"versions": versions, "mixed_versions": mixed_versions, "mixed_changed": mixed_changed,
+                      "changed": changed, "changed_pw": changed_pw, "ops": ops, "filters": filters, "cos": cos,
                       "float_bytes": len(float_model), "new_bytes": len(new), "only_pw_bytes": len(only_pw),
                       "unchanged": same == new and none == [],
                       "full": [[c.k, len(c.model), c.output_error] for c in full],
@@ -93,6 +101,9 @@ def test_float_layers_read_int8_weights_through_a_dequantize_at_a_quarter_of_the
     assert r["float_bytes"] - r["new_bytes"] >= 1.5 * weights, (r["float_bytes"], r["new_bytes"])
     assert len(r["changed_pw"]) == 1 and r["new_bytes"] < r["only_pw_bytes"] < r["float_bytes"]
     assert r["unchanged"]
+    # per-channel int8 DEQUANTIZE is op version 5 (TFLite 2.7+), whatever DEQUANTIZE the model had
+    assert r["versions"] == [[6, 5]], r["versions"]
+    assert len(r["mixed_changed"]) == 1 and r["mixed_versions"] == [2, 5], r["mixed_versions"]
     # the same ladder rungs, smaller files, output error of the same order
     assert [k for k, *_ in r["light"]] == [k for k, *_ in r["full"]] and r["light"], r
     for (_, lb, le), (_, fb, fe) in zip(r["light"], r["full"]):
