@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -134,6 +133,8 @@ def _summary(manifest: dict[str, Any], bundle: Path, board: str, results: list[d
         return {a["kind"]: {"bytes": a["bytes"], "cosine_mean": a["fidelity"].get("cosine_mean"),
                             "box_recall": a["fidelity"].get("box_recall_iou50"), "task": a["fidelity"].get("task"),
                             "mode": (a.get("details") or {}).get("int8_mode"),
+                            "float_layers": len(((a.get("details") or {}).get("mixed_precision") or {}).get(
+                                "float_layers") or []),
                             "degraded": bool(a["fidelity"].get("degraded"))} for a in manifest[part]["artifacts"]}
 
     return {"bundle": str(bundle), "board": board, "gallery_items": manifest["index"]["items"],
@@ -152,9 +153,8 @@ def _print(s: dict[str, Any]) -> None:
             fig = (f"recall@1 {100 * t['recall_at_1']:.2f}% vs FP32 float {100 * t['reference_recall_at_1']:.2f}%"
                    if t else f"box recall {a['box_recall']:.3f}" if a["box_recall"] is not None
                    else f"cosine {a['cosine_mean']:.4f}")
-            mixed = re.match(r"int8 with (\d+) layers kept float", a["mode"] or "")
             mode = ("  [16x8]" if a["mode"] and a["mode"].startswith("16x8")
-                    else f"  [{mixed.group(1)} float layers]" if mixed else "")
+                    else f"  [{a['float_layers']} float layers]" if a["float_layers"] else "")
             print(f"  {part} {k:<12} {a['bytes'] / 1e6:6.2f} MB  {fig}{mode}")
     th = s["threshold"] or {}
     print(f"  recognition threshold {th.get('threshold')}: {th.get('chosen_by')}")
