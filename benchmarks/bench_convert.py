@@ -46,10 +46,9 @@ os.environ.setdefault("KMP_BLOCKTIME", "0")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _timing import interleaved, median_ms  # noqa: E402  (benchmarks/ is sys.path[0])
-
 from edge_shitu.assets import DRINK_GALLERY, SHITU_GRAPHS, asset  # noqa: E402
 from edge_shitu.formats import artifact_format, kind_for, kinds  # noqa: E402
+from edge_shitu.timing import interleaved, median_ms  # noqa: E402
 
 GRAPHS = {"v1": ("rec", "general_PPLCNet_x2_5_lite_v1.0_infer"),
           "v2": ("rec", "general_PPLCNetV2_base_pretrained_v1.0_infer"),

@@ -38,9 +38,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _timing import interleaved, median_ms  # noqa: E402  (benchmarks/ is sys.path[0])
-
 from edge_shitu.assets import DRINK_TEST_IMAGES, PICODET_S_416, asset  # noqa: E402
+from edge_shitu.timing import interleaved, median_ms  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / ".cache" / "det_int8"
 A16W8_CHILD = textwrap.dedent("""

@@ -33,9 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _timing import interleaved_stages, median_ms  # noqa: E402  (benchmarks/ is sys.path[0])
-
 from edge_shitu.assets import DRINK_TEST_IMAGES, PICODET_S_416, asset  # noqa: E402
+from edge_shitu.timing import interleaved_stages, median_ms  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / ".cache" / "det_size"
 PICODET_S_320 = ("models", "real_weights", "picodet_s_coco", "picodet_s_320_coco.onnx")

@@ -38,9 +38,8 @@ os.environ.setdefault("KMP_BLOCKTIME", "0")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _timing import interleaved, median_ms  # noqa: E402  (benchmarks/ is sys.path[0])
-
 from edge_shitu.assets import DRINK_GALLERY, DRINK_LABELS_ALL, asset  # noqa: E402
+from edge_shitu.timing import interleaved, median_ms  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / ".cache" / "prune"
 SEARCH_TARGETS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35)

@@ -730,10 +730,10 @@ def _take_mixed(produced: dict[str, Any], fidelities: dict[str, Any], rejected: 
             continue
         row["passed"], row["fidelity"] = True, _fidelity_line(fid)
         plain = Path(produced["int8"])
+        plain_bytes = plain.stat().st_size
         record.update(float_layers=list(cand["float_layers"]), float_tensors=list(cand["tensors"]), chosen=cand["k"],
                       float_op_types=list(cand.get("float_op_types") or []), ranges=cand.get("ranges"),
-                      bytes=row["bytes"], all_int8_bytes=plain.stat().st_size,
-                      size_ratio=round(row["bytes"] / plain.stat().st_size, 4),
+                      bytes=row["bytes"], all_int8_bytes=plain_bytes, size_ratio=round(row["bytes"] / plain_bytes, 4),
                       float_weights=cand.get("float_weights", "float32"),
                       latency_ms=_latency_pair(plain, Path(cand["file"]), verify_feeds))
         produced["int8"], fidelities["int8"] = cand["file"], fid
@@ -761,25 +761,20 @@ def _latency_pair(plain: Path, mixed: Path, feeds: Sequence[Feeds]) -> dict[str,
     """Median ms per run of the all-int8 and the chosen mixed file, interleaved, one thread, on this
     host (an x86 build host prices float layers lower than an arm board, where int8 kernels gain most)."""
     import platform
-    import time
 
     from edge_shitu.runtimes.backend import open_backend
+    from edge_shitu.timing import interleaved, median_ms
 
     try:
-        bes = [open_backend(f, "tflite", 1) for f in (plain, mixed)]
-        feed = [{be.inputs[0].name: next(iter(feeds[0].values()))} for be in bes]
-        times: list[list[float]] = [[], []]
-        for i in range(MIXED_LATENCY_RUNS + 1):
-            for j, be in enumerate(bes):
-                t0 = time.perf_counter()
-                be.run(feed[j])
-                if i:  # the first run warms up
-                    times[j].append(1e3 * (time.perf_counter() - t0))
+        bes = {"all_int8": open_backend(plain, "tflite", 1), "mixed": open_backend(mixed, "tflite", 1)}
+        image = next(iter(feeds[0].values()))
+        ms = median_ms(interleaved({k: (lambda be=be: be.run({be.inputs[0].name: image})) for k, be in bes.items()},
+                                   rounds=MIXED_LATENCY_RUNS))
     except Exception as e:  # informative only: never stops a conversion
         return {"error": f"{type(e).__name__}: {str(e)[:120]}"}
-    a, b = (float(np.median(t)) for t in times)
-    return {"all_int8": round(a, 2), "mixed": round(b, 2), "ratio": round(b / a, 3), "threads": 1,
-            "runs": MIXED_LATENCY_RUNS, "host": platform.machine()}
+    return {"all_int8": round(ms["all_int8"], 2), "mixed": round(ms["mixed"], 2),
+            "ratio": round(ms["mixed"] / ms["all_int8"], 3), "threads": 1, "runs": MIXED_LATENCY_RUNS,
+            "host": platform.machine()}
 
 
 def _passes(fid: Any, gate: Mapping[str, float]) -> bool:

@@ -1,4 +1,5 @@
-"""Interleaved latency timing, shared by the benchmark scripts.
+"""Interleaved latency timing, shared by the benchmark scripts and by ``convert`` (what a
+mixed-precision file's float layers cost, ``export_tflite._latency_pair``).
 
 Why interleaved: this machine is noisy (two shared cores, other jobs, clock and thermal drift).
 Timing candidate A for N runs and then candidate B for N runs lets a burst of load land on one of
@@ -6,8 +7,7 @@ them only, and the ratio between them, the figure the benchmarks report, is then
 every candidate once per round, side by side, and repeating the rounds spreads whatever the machine
 does over all of them alike: read the ratios, not the milliseconds.
 
-The scripts run as ``python benchmarks/bench_x.py``, so this folder is ``sys.path[0]`` and they
-import it as ``from _timing import interleaved, median_ms`` (``benchmarks/`` is not a package).
+Standard library only (devices run the package under Python 3.8).
 
     ms = interleaved({"fp32": lambda: a.run(feed), "int8": lambda: b.run(feed)}, rounds=20, warmup=3)
     median_ms(ms)  # {"fp32": 12.1, "int8": 6.3}
